@@ -1,0 +1,72 @@
+import type { MemoryStats } from "./allocator.js";
+import type { DType } from "./dtype.js";
+import type { MemoryTag, Storage, Tensor } from "./tensor.js";
+
+/**
+ * Where each sequence of a flat batch sits, for paged attention. A batch mixes
+ * prefill chunks and decodes: sequence s owns query rows
+ * [queryStartLoc[s], queryStartLoc[s+1]) and, after this step's keys are
+ * written, has seqLens[s] tokens of context in the blocks listed by row s of
+ * blockTables. Query row j of a sequence with q new tokens sits at position
+ * seqLens[s] - q + j and attends causally to positions 0..that position.
+ */
+export interface AttentionMetadata {
+  numSeqs: number;
+  /** i32 [numSeqs + 1] */
+  queryStartLoc: Tensor;
+  /** i32 [numSeqs] */
+  seqLens: Tensor;
+  /** i32 [numSeqs, maxBlocksPerSeq] */
+  blockTables: Tensor;
+  /** Largest seqLens entry: bounds the scratch an implementation needs. */
+  maxSeqLen: number;
+}
+
+/** Precomputed rotary tables: f32 [maxPositions, rotaryDim / 2] each; NeoX (rotate-half) pairing. */
+export interface RopeTable {
+  cos: Tensor;
+  sin: Tensor;
+  rotaryDim: number;
+  maxPositions: number;
+}
+
+/**
+ * The op set model code is written against. Every op writes into tensors the
+ * caller passes and allocates nothing: a forward pass only issues ops.
+ * Activations are 2-D [tokens, features] (3-D [tokens, heads, headDim] for
+ * attention) with a contiguous last dimension and any row stride.
+ */
+export interface Backend {
+  readonly name: string;
+  /** The dtype activations and the KV cache are kept in. */
+  readonly activationDType: DType;
+
+  alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string): Tensor;
+  free(storage: Storage): void;
+  /** Copy raw bytes (already in the tensor's dtype) into a contiguous tensor. */
+  writeBytes(dst: Tensor, bytes: Uint8Array): void;
+  /** Copy numbers into a contiguous tensor, converting to its dtype. */
+  write(dst: Tensor, values: ArrayLike<number>): void;
+  /** Read a tensor back as f32 (floats) or i32 values. */
+  read(src: Tensor): Float32Array;
+  memoryStats(): MemoryStats;
+
+  /** out[t] = table[ids[t]] */
+  embedding(out: Tensor, ids: Tensor, table: Tensor): void;
+  /** With residual: residual += x, then out = rmsnorm(residual) * weight. Without: out = rmsnorm(x) * weight. Rows may be 3-D [t, h, d]. */
+  rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, residual?: Tensor): void;
+  /** out = x · weightᵀ (+ bias); weight [outFeatures, inFeatures] in any float dtype. */
+  linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor): void;
+  /** Rotate q [t, hq, d] and k [t, hkv, d] in place at `positions`, then write k and v into the caches at `slotMapping` (slot < 0: skip). */
+  ropeAndCacheWrite(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, rope: RopeTable, slotMapping: Tensor, kCache: Tensor, vCache: Tensor): void;
+  /** out [t, hq, d] = causal softmax(q·kᵀ·scale)·v over the paged caches [blocks, blockSize, hkv, d]; GQA when hq > hkv. */
+  pagedAttention(out: Tensor, q: Tensor, kCache: Tensor, vCache: Tensor, meta: AttentionMetadata, scale: number): void;
+  /** x [t, 2i] = [gate | up]; out [t, i] = silu(gate) * up */
+  siluAndMul(out: Tensor, x: Tensor): void;
+  /** out[r] = x[indices[r]] */
+  gatherRows(out: Tensor, x: Tensor, indices: Tensor): void;
+
+  /** Wait for queued work (no-op where ops are synchronous). */
+  synchronize(): void;
+  dispose(): void;
+}

@@ -1,0 +1,339 @@
+import { MemoryLedger, type MemoryStats } from "../allocator.js";
+import type { AttentionMetadata, Backend, RopeTable } from "../backend.js";
+import { type DType, dtypeBytes, encodeFloats, f16ToF32Table } from "../dtype.js";
+import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
+import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
+import { ThreadPool } from "./pool.js";
+
+interface CpuStorage extends Storage {
+  readonly handle: SharedArrayBuffer;
+  readonly f32: Float32Array;
+  readonly u16: Uint16Array;
+  readonly i32: Int32Array;
+}
+
+export interface CpuBackendOptions {
+  /** Threads for matrix products and attention (default: all cores). */
+  threads?: number;
+}
+
+/**
+ * The reference backend: TypeScript kernels computing in f32, matrix products
+ * and attention split across worker threads over SharedArrayBuffer storages.
+ * Weights stay in their file dtype (bf16/f16/f32) and are decoded on the fly.
+ */
+export class CpuBackend implements Backend {
+  readonly name = "cpu";
+  readonly activationDType: DType = "f32";
+  readonly pool: ThreadPool;
+  private ledger = new MemoryLedger();
+
+  constructor(opts: CpuBackendOptions = {}) {
+    this.pool = new ThreadPool(opts.threads);
+  }
+
+  get threads(): number {
+    return this.pool.threads;
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string): Tensor {
+    const numel = shape.reduce((a, b) => a * b, 1);
+    // Round up to 4 bytes so every storage can be viewed as f32/i32 too.
+    const bytes = Math.ceil((numel * dtypeBytes(dtype)) / 4) * 4;
+    const sab = new SharedArrayBuffer(bytes);
+    const storage: CpuStorage = {
+      id: this.ledger.newId(),
+      bytes,
+      tag,
+      label,
+      handle: sab,
+      f32: new Float32Array(sab),
+      u16: new Uint16Array(sab),
+      i32: new Int32Array(sab),
+    };
+    this.ledger.add(storage);
+    return new Tensor(storage, dtype, shape);
+  }
+
+  free(storage: Storage): void {
+    this.ledger.remove(storage);
+  }
+
+  memoryStats(): MemoryStats {
+    return this.ledger.stats();
+  }
+
+  writeBytes(dst: Tensor, bytes: Uint8Array): void {
+    const need = dst.numel * dtypeBytes(dst.dtype);
+    if (!dst.isContiguous || bytes.byteLength !== need) {
+      throw new Error(`writeBytes: ${bytes.byteLength} bytes into ${dst} (needs ${need}, contiguous)`);
+    }
+    new Uint8Array(st(dst).handle, dst.byteOffset, need).set(bytes);
+  }
+
+  write(dst: Tensor, values: ArrayLike<number>): void {
+    if (values.length !== dst.numel) throw new Error(`write: ${values.length} values into ${dst}`);
+    if (dst.dtype === "f32") st(dst).f32.set(values, dst.offset);
+    else if (dst.dtype === "i32") st(dst).i32.set(values, dst.offset);
+    else this.writeBytes(dst, encodeFloats(values, dst.dtype));
+  }
+
+  read(src: Tensor): Float32Array {
+    const out = new Float32Array(src.numel);
+    const s = st(src);
+    const shape = src.shape;
+    // Walk every index so strided views read correctly.
+    const idx = new Array<number>(shape.length).fill(0);
+    const t = src.dtype === "f16" ? f16ToF32Table() : undefined;
+    const u32 = new Uint32Array(1);
+    const f32v = new Float32Array(u32.buffer);
+    for (let i = 0; i < out.length; i++) {
+      let o = src.offset;
+      for (let d = 0; d < shape.length; d++) o += idx[d]! * src.strides[d]!;
+      if (src.dtype === "f32") out[i] = s.f32[o]!;
+      else if (src.dtype === "i32") out[i] = s.i32[o]!;
+      else if (src.dtype === "f16") out[i] = t![s.u16[o]!]!;
+      else {
+        u32[0] = s.u16[o]! << 16;
+        out[i] = f32v[0]!;
+      }
+      for (let d = shape.length - 1; d >= 0; d--) {
+        if (++idx[d]! < shape[d]!) break;
+        idx[d] = 0;
+      }
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- ops
+
+  embedding(out: Tensor, ids: Tensor, table: Tensor): void {
+    const [vocab, hidden] = table.shape as [number, number];
+    const T = ids.numel;
+    expectShape("embedding out", out, [T, hidden]);
+    const idArr = st(ids).i32;
+    const o = st(out).f32;
+    const decodeRow = rowDecoder(table);
+    for (let t = 0; t < T; t++) {
+      const id = idArr[ids.offset + t]!;
+      if (id < 0 || id >= vocab) throw new RangeError(`embedding: token id ${id} outside the vocabulary [0, ${vocab})`);
+      decodeRow(table.offset + id * table.rowStride, hidden, o, out.offset + t * out.rowStride);
+    }
+  }
+
+  rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, residual?: Tensor): void {
+    const D = weight.numel;
+    const rows = rowIterator(x, D);
+    const outRows = rowIterator(out, D);
+    const resRows = residual ? rowIterator(residual, D) : undefined;
+    if (rows.count !== outRows.count || (resRows && resRows.count !== rows.count)) {
+      throw new Error(`rmsNorm: shapes differ: x ${x}, out ${out}${residual ? `, residual ${residual}` : ""}`);
+    }
+    const xs = st(x).f32;
+    const os = st(out).f32;
+    const w = f32Weights(weight);
+    const rs = residual ? st(residual).f32 : undefined;
+    for (let r = 0; r < rows.count; r++) {
+      let src = xs;
+      let so = rows.at(r);
+      if (rs && resRows) {
+        const ro = resRows.at(r);
+        for (let d = 0; d < D; d++) rs[ro + d] = rs[ro + d]! + xs[so + d]!;
+        src = rs;
+        so = ro;
+      }
+      let ss = 0;
+      for (let d = 0; d < D; d++) ss += src[so + d]! * src[so + d]!;
+      const inv = 1 / Math.sqrt(ss / D + eps);
+      const oo = outRows.at(r);
+      for (let d = 0; d < D; d++) os[oo + d] = src[so + d]! * inv * w.data[w.offset + d]!;
+    }
+  }
+
+  linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor): void {
+    const [N, K] = weight.shape as [number, number];
+    const M = x.shape[0]!;
+    expectShape("linear x", x, [M, K]);
+    expectShape("linear out", out, [M, N]);
+    const args: LinearArgs = {
+      out: mat(out, st(out).f32),
+      x: mat(x, st(x).f32),
+      rows: M,
+      inFeatures: K,
+      w: mat(weight, weight.dtype === "f32" ? st(weight).f32 : st(weight).u16),
+      wKind: weightKind(weight),
+      bias: bias ? f32Weights(bias) : null,
+    };
+    if (bias) expectShape("linear bias", bias, [N]);
+    this.pool.run({ kind: "linear", args }, N, 4);
+  }
+
+  ropeAndCacheWrite(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, rope: RopeTable, slotMapping: Tensor, kCache: Tensor, vCache: Tensor): void {
+    const T = positions.numel;
+    const [, , Hkv, D] = kCache.shape as [number, number, number, number];
+    const half = rope.rotaryDim / 2;
+    const pos = st(positions).i32;
+    const cos = st(rope.cos).f32;
+    const sin = st(rope.sin).f32;
+    const slots = st(slotMapping).i32;
+    const rotate = (t: Tensor, heads: number, ti: number, p: number) => {
+      const data = st(t).f32;
+      for (let h = 0; h < heads; h++) {
+        const base = t.offset + ti * t.strides[0]! + h * t.strides[1]!;
+        for (let i = 0; i < half; i++) {
+          const c = cos[rope.cos.offset + p * half + i]!;
+          const s = sin[rope.sin.offset + p * half + i]!;
+          const x1 = data[base + i]!;
+          const x2 = data[base + i + half]!;
+          data[base + i] = x1 * c - x2 * s;
+          data[base + i + half] = x2 * c + x1 * s;
+        }
+      }
+    };
+    const kc = st(kCache).f32;
+    const vc = st(vCache).f32;
+    const ks = st(k).f32;
+    const vs = st(v).f32;
+    for (let t = 0; t < T; t++) {
+      const p = pos[positions.offset + t]!;
+      if (p < 0 || p >= rope.maxPositions) throw new RangeError(`rope: position ${p} outside [0, ${rope.maxPositions})`);
+      rotate(q, q.shape[1]!, t, p);
+      rotate(k, Hkv, t, p);
+      const slot = slots[slotMapping.offset + t]!;
+      if (slot < 0) continue;
+      for (let h = 0; h < Hkv; h++) {
+        const co = (slot * Hkv + h) * D;
+        const ko = k.offset + t * k.strides[0]! + h * k.strides[1]!;
+        const vo = v.offset + t * v.strides[0]! + h * v.strides[1]!;
+        kc.set(ks.subarray(ko, ko + D), kCache.offset + co);
+        vc.set(vs.subarray(vo, vo + D), vCache.offset + co);
+      }
+    }
+  }
+
+  pagedAttention(out: Tensor, q: Tensor, kCache: Tensor, vCache: Tensor, meta: AttentionMetadata, scale: number): void {
+    const [T, Hq, D] = q.shape as [number, number, number];
+    const [, blockSize, Hkv] = kCache.shape as [number, number, number, number];
+    if (Hq % Hkv !== 0) throw new Error(`pagedAttention: ${Hq} query heads is not a multiple of ${Hkv} KV heads`);
+    expectShape("pagedAttention out", out, [T, Hq, D]);
+    const args: AttentionArgs = {
+      out: st(out).f32,
+      outOffset: out.offset,
+      outStrides: [out.strides[0]!, out.strides[1]!],
+      q: st(q).f32,
+      qOffset: q.offset,
+      qStrides: [q.strides[0]!, q.strides[1]!],
+      kCache: st(kCache).f32,
+      kOffset: kCache.offset,
+      vCache: st(vCache).f32,
+      vOffset: vCache.offset,
+      blockSize,
+      numHeads: Hq,
+      numKvHeads: Hkv,
+      headDim: D,
+      queryStartLoc: st(meta.queryStartLoc).i32,
+      qslOffset: meta.queryStartLoc.offset,
+      seqLens: st(meta.seqLens).i32,
+      seqLensOffset: meta.seqLens.offset,
+      blockTables: st(meta.blockTables).i32,
+      btOffset: meta.blockTables.offset,
+      btStride: meta.blockTables.rowStride,
+      numSeqs: meta.numSeqs,
+      scale,
+    };
+    this.pool.run({ kind: "attention", args }, T * Hkv);
+  }
+
+  siluAndMul(out: Tensor, x: Tensor): void {
+    const [T, I] = out.shape as [number, number];
+    expectShape("siluAndMul x", x, [T, 2 * I]);
+    const xs = st(x).f32;
+    const os = st(out).f32;
+    for (let t = 0; t < T; t++) {
+      const xo = x.offset + t * x.rowStride;
+      const oo = out.offset + t * out.rowStride;
+      for (let i = 0; i < I; i++) {
+        const g = xs[xo + i]!;
+        os[oo + i] = (g / (1 + Math.exp(-g))) * xs[xo + I + i]!;
+      }
+    }
+  }
+
+  gatherRows(out: Tensor, x: Tensor, indices: Tensor): void {
+    const R = indices.numel;
+    const F = x.shape[1]!;
+    expectShape("gatherRows out", out, [R, F]);
+    const xs = st(x).f32;
+    const os = st(out).f32;
+    const idx = st(indices).i32;
+    for (let r = 0; r < R; r++) {
+      const i = idx[indices.offset + r]!;
+      if (i < 0 || i >= x.shape[0]!) throw new RangeError(`gatherRows: index ${i} outside [0, ${x.shape[0]})`);
+      const xo = x.offset + i * x.rowStride;
+      os.set(xs.subarray(xo, xo + F), out.offset + r * out.rowStride);
+    }
+  }
+
+  synchronize(): void {}
+
+  dispose(): void {
+    this.pool.dispose();
+  }
+}
+
+function st(t: Tensor): CpuStorage {
+  return t.storage as CpuStorage;
+}
+
+function mat<A>(t: Tensor, data: A): Mat<A> {
+  return { data, offset: t.offset, stride: t.rowStride };
+}
+
+function weightKind(t: Tensor): WeightKind {
+  if (t.dtype === "i32") throw new Error(`linear: weight ${t} must be a float tensor`);
+  return t.dtype;
+}
+
+/** Small 1-D parameters (norm weights, biases) are kept in f32 by the loader on this backend. */
+function f32Weights(t: Tensor): { data: Float32Array; offset: number } {
+  if (t.dtype !== "f32") throw new Error(`CPU backend expects f32 norm weights and biases, got ${t}`);
+  return { data: st(t).f32, offset: t.offset };
+}
+
+function expectShape(what: string, t: Tensor, shape: number[]): void {
+  const got = t.shape.reduce((a, b) => a * b, 1);
+  const want = shape.reduce((a, b) => a * b, 1);
+  if (t.shape[0] !== shape[0] || got !== want) throw new Error(`${what}: expected shape [${shape}], got [${t.shape}]`);
+}
+
+/** Rows of length D of a 2-D [r, D] or 3-D [r, h, D] view, as base offsets. */
+function rowIterator(t: Tensor, D: number): { count: number; at: (r: number) => number } {
+  if (t.shape[t.shape.length - 1] !== D) throw new Error(`expected last dimension ${D}, got ${t}`);
+  if (t.shape.length === 2) return { count: t.shape[0]!, at: (r) => t.offset + r * t.strides[0]! };
+  if (t.shape.length === 3) {
+    const H = t.shape[1]!;
+    return { count: t.shape[0]! * H, at: (r) => t.offset + Math.floor(r / H) * t.strides[0]! + (r % H) * t.strides[1]! };
+  }
+  throw new Error(`expected a 2-D or 3-D tensor, got ${t}`);
+}
+
+/** A function copying `n` elements of `table` (any float dtype) into f32 `dst` at `dOff`. */
+function rowDecoder(table: Tensor): (src: number, n: number, dst: Float32Array, dOff: number) => void {
+  const s = st(table);
+  if (table.dtype === "f32") return (src, n, dst, dOff) => dst.set(s.f32.subarray(src, src + n), dOff);
+  if (table.dtype === "bf16") {
+    return (src, n, dst, dOff) => {
+      const u = new Uint32Array(dst.buffer, dst.byteOffset + dOff * 4, n);
+      for (let i = 0; i < n; i++) u[i] = s.u16[src + i]! << 16;
+    };
+  }
+  if (table.dtype === "f16") {
+    const tab = f16ToF32Table();
+    return (src, n, dst, dOff) => {
+      for (let i = 0; i < n; i++) dst[dOff + i] = tab[s.u16[src + i]!]!;
+    };
+  }
+  throw new Error(`embedding table ${table} must be a float tensor`);
+}

@@ -1,0 +1,97 @@
+import { availableParallelism } from "node:os";
+import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
+import { type AttentionArgs, attentionRange, type LinearArgs, linearRange, Scratch } from "./kernels.js";
+
+/** A parallel kernel call: the kernel name and its arguments (typed arrays over SharedArrayBuffers are shared, not copied). */
+export type Task = { kind: "linear"; args: LinearArgs } | { kind: "attention"; args: AttentionArgs };
+
+export interface TaskMessage {
+  task: Task;
+  start: number;
+  end: number;
+}
+
+// Control words in the shared Int32Array: one wake counter per worker, then these.
+const PENDING = 0;
+const FAILED = 1;
+const HEADER = 2;
+
+export function runTask(task: Task, start: number, end: number, scratch: Scratch): void {
+  if (task.kind === "linear") linearRange(task.args, start, end, scratch);
+  else attentionRange(task.args, start, end, scratch);
+}
+
+/**
+ * A fixed set of worker threads that each take a slice of a kernel call while
+ * the calling thread does its own slice, then blocks until all are done.
+ * Dispatch is synchronous: a message per worker, read on the other side with
+ * receiveMessageOnPort after an Atomics wake, so no event loop turn is needed.
+ */
+export class ThreadPool {
+  readonly threads: number;
+  private workers: Worker[] = [];
+  private ports: MessagePort[] = [];
+  private errorPorts: MessagePort[] = [];
+  private ctrl: Int32Array;
+  private scratch = new Scratch();
+
+  constructor(threads = availableParallelism()) {
+    this.threads = Math.max(1, Math.floor(threads));
+    const helpers = this.threads - 1;
+    this.ctrl = new Int32Array(new SharedArrayBuffer(4 * (HEADER + helpers)));
+    for (let i = 0; i < helpers; i++) {
+      const tasks = new MessageChannel();
+      const errors = new MessageChannel();
+      const worker = new Worker(new URL("./worker.js", import.meta.url), {
+        workerData: { ctrl: this.ctrl, index: HEADER + i, tasks: tasks.port2, errors: errors.port2 },
+        transferList: [tasks.port2, errors.port2],
+      });
+      worker.unref();
+      this.workers.push(worker);
+      this.ports.push(tasks.port1);
+      this.errorPorts.push(errors.port1);
+    }
+  }
+
+  /** Run `task` over work items [0, total), split into contiguous slices whose starts are multiples of `align`. */
+  run(task: Task, total: number, align = 1): void {
+    const helpers = this.workers.length;
+    const units = Math.ceil(total / align);
+    if (helpers === 0 || units < 2) {
+      runTask(task, 0, total, this.scratch);
+      return;
+    }
+    const parts = Math.min(this.threads, units);
+    const bounds = (p: number) => Math.min(total, Math.round((units * p) / parts) * align);
+    Atomics.store(this.ctrl, PENDING, parts - 1);
+    for (let p = 1; p < parts; p++) {
+      const msg: TaskMessage = { task, start: bounds(p), end: bounds(p + 1) };
+      this.ports[p - 1]!.postMessage(msg);
+      Atomics.add(this.ctrl, HEADER + p - 1, 1);
+      Atomics.notify(this.ctrl, HEADER + p - 1);
+    }
+    let mainError: unknown;
+    try {
+      runTask(task, 0, bounds(1), this.scratch);
+    } catch (err) {
+      mainError = err;
+    }
+    for (;;) {
+      const pending = Atomics.load(this.ctrl, PENDING);
+      if (pending === 0) break;
+      Atomics.wait(this.ctrl, PENDING, pending);
+    }
+    if (mainError) throw mainError;
+    if (Atomics.load(this.ctrl, FAILED)) {
+      Atomics.store(this.ctrl, FAILED, 0);
+      const messages = this.errorPorts.map((p) => receiveMessageOnPort(p)?.message).filter(Boolean);
+      throw new Error(`CPU worker failed: ${messages.join("; ")}`);
+    }
+  }
+
+  dispose(): void {
+    for (const w of this.workers) void w.terminate();
+    for (const p of [...this.ports, ...this.errorPorts]) p.close();
+    this.workers = [];
+  }
+}
