@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
-import type { RopeTable } from "../src/backend/backend.js";
 import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
 import { Rng } from "../src/engine/sampler.js";
 
@@ -24,7 +23,16 @@ function randn(rng: Rng, n: number): Float32Array {
 }
 
 /** Dense causal attention for one sequence: keys/values given position by position. */
-function denseAttention(q: Float32Array, keys: Float32Array, values: Float32Array, ctx: number, qLen: number, Hq: number, Hkv: number, D: number) {
+function denseAttention(
+  q: Float32Array,
+  keys: Float32Array,
+  values: Float32Array,
+  ctx: number,
+  qLen: number,
+  Hq: number,
+  Hkv: number,
+  D: number,
+) {
   const out = new Float64Array(qLen * Hq * D);
   const G = Hq / Hkv;
   for (let j = 0; j < qLen; j++) {

@@ -58,7 +58,16 @@ export interface Backend {
   /** out = x · weightᵀ (+ bias); weight [outFeatures, inFeatures] in any float dtype. */
   linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor): void;
   /** Rotate q [t, hq, d] and k [t, hkv, d] in place at `positions`, then write k and v into the caches at `slotMapping` (slot < 0: skip). */
-  ropeAndCacheWrite(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, rope: RopeTable, slotMapping: Tensor, kCache: Tensor, vCache: Tensor): void;
+  ropeAndCacheWrite(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    positions: Tensor,
+    rope: RopeTable,
+    slotMapping: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+  ): void;
   /** out [t, hq, d] = causal softmax(q·kᵀ·scale)·v over the paged caches [blocks, blockSize, hkv, d]; GQA when hq > hkv. */
   pagedAttention(out: Tensor, q: Tensor, kCache: Tensor, vCache: Tensor, meta: AttentionMetadata, scale: number): void;
   /** x [t, 2i] = [gate | up]; out [t, i] = silu(gate) * up */

@@ -30,7 +30,9 @@ export class Tensor {
   ) {
     this.strides = strides ?? contiguousStrides(shape);
     if (strides === undefined && (offset + this.numel) * dtypeBytes(dtype) > storage.bytes) {
-      throw new RangeError(`tensor [${shape}] ${dtype} at offset ${offset} does not fit in storage "${storage.label}" (${storage.bytes} bytes)`);
+      throw new RangeError(
+        `tensor [${shape}] ${dtype} at offset ${offset} does not fit in storage "${storage.label}" (${storage.bytes} bytes)`,
+      );
     }
   }
 

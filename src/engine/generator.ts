@@ -47,6 +47,12 @@ export class Generator {
     return new Generator(loaded, backend, opts.blockSize ?? 16);
   }
 
+  /** Return every allocation (weights, KV cache, activations) to the backend. */
+  close(): void {
+    this.runner.dispose();
+    this.loaded.model.dispose();
+  }
+
   get maxModelLen(): number {
     return this.loaded.maxModelLen;
   }
@@ -55,7 +61,9 @@ export class Generator {
     const total = prompt.length + opts.maxTokens;
     if (prompt.length === 0) throw new RangeError("the prompt is empty; expected at least one token");
     if (total > this.maxModelLen) {
-      throw new RangeError(`prompt (${prompt.length} tokens) + max tokens (${opts.maxTokens}) = ${total} exceeds the max model length ${this.maxModelLen}`);
+      throw new RangeError(
+        `prompt (${prompt.length} tokens) + max tokens (${opts.maxTokens}) = ${total} exceeds the max model length ${this.maxModelLen}`,
+      );
     }
     const sampling = opts.sampling ?? GREEDY;
     const rng = new Rng(sampling.seed ?? (Math.random() * 2 ** 32) >>> 0);

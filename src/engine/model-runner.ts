@@ -29,8 +29,24 @@ export interface RunnerOptions {
 export class ModelRunner {
   readonly kv: KVCache;
   readonly maxBlocksPerSeq: number;
-  private inputs: { tokenIds: Tensor; positions: Tensor; slotMapping: Tensor; qsl: Tensor; seqLens: Tensor; blockTables: Tensor; logitsIdx: Tensor };
-  private host: { tokenIds: Int32Array; positions: Int32Array; slotMapping: Int32Array; qsl: Int32Array; seqLens: Int32Array; blockTables: Int32Array; logitsIdx: Int32Array };
+  private inputs: {
+    tokenIds: Tensor;
+    positions: Tensor;
+    slotMapping: Tensor;
+    qsl: Tensor;
+    seqLens: Tensor;
+    blockTables: Tensor;
+    logitsIdx: Tensor;
+  };
+  private host: {
+    tokenIds: Int32Array;
+    positions: Int32Array;
+    slotMapping: Int32Array;
+    qsl: Int32Array;
+    seqLens: Int32Array;
+    blockTables: Int32Array;
+    logitsIdx: Int32Array;
+  };
 
   constructor(
     readonly model: LlamaModel,
@@ -62,6 +78,11 @@ export class ModelRunner {
     };
   }
 
+  dispose(): void {
+    const b = this.model.backend;
+    for (const storage of new Set([this.kv.k[0]!.storage, ...Object.values(this.inputs).map((t) => t.storage)])) b.free(storage);
+  }
+
   /** Run one step; returns logits [numWanted, vocab] as host memory, rows in the order of sequences with wantLogits. */
   execute(seqs: readonly ScheduledSequence[]): Float32Array {
     const batch = this.prepare(seqs);
@@ -73,16 +94,19 @@ export class ModelRunner {
     const h = this.host;
     const { blockSize } = this.opts;
     const S = seqs.length;
-    if (S < 1 || S > this.model.limits.maxNumLogits) throw new RangeError(`a step holds 1..${this.model.limits.maxNumLogits} sequences, got ${S}`);
+    if (S < 1 || S > this.model.limits.maxNumLogits)
+      throw new RangeError(`a step holds 1..${this.model.limits.maxNumLogits} sequences, got ${S}`);
     let t = 0;
     let nLogits = 0;
     let maxSeqLen = 0;
     h.blockTables.fill(-1, 0, S * this.maxBlocksPerSeq);
     seqs.forEach((seq, s) => {
       const ctx = seq.numCached + seq.tokens.length;
-      if (ctx > this.opts.maxModelLen) throw new RangeError(`sequence ${s} reaches ${ctx} tokens, beyond max model length ${this.opts.maxModelLen}`);
+      if (ctx > this.opts.maxModelLen)
+        throw new RangeError(`sequence ${s} reaches ${ctx} tokens, beyond max model length ${this.opts.maxModelLen}`);
       if (seq.blocks.length * blockSize < ctx) throw new RangeError(`sequence ${s} has ${seq.blocks.length} blocks for ${ctx} tokens`);
-      if (t + seq.tokens.length > this.model.limits.maxNumTokens) throw new RangeError(`step exceeds ${this.model.limits.maxNumTokens} tokens`);
+      if (t + seq.tokens.length > this.model.limits.maxNumTokens)
+        throw new RangeError(`step exceeds ${this.model.limits.maxNumTokens} tokens`);
       h.qsl[s] = t;
       h.seqLens[s] = ctx;
       maxSeqLen = Math.max(maxSeqLen, ctx);

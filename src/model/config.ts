@@ -81,19 +81,22 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   const int = (key: string, fallback?: number): number => {
     const v = c[key] ?? fallback;
     if (v === undefined) throw new ConfigError(`${where}: missing required key "${key}" (a positive integer)`);
-    if (!Number.isInteger(v) || (v as number) <= 0) throw new ConfigError(`${where}: "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+    if (!Number.isInteger(v) || (v as number) <= 0)
+      throw new ConfigError(`${where}: "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
     return v as number;
   };
   const num = (key: string, fallback: number): number => {
     const v = c[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) throw new ConfigError(`${where}: "${key}" must be a positive number, got ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0)
+      throw new ConfigError(`${where}: "${key}" must be a positive number, got ${JSON.stringify(v)}`);
     return v;
   };
   const hiddenSize = int("hidden_size");
   const numHeads = int("num_attention_heads");
   const numKvHeads = int("num_key_value_heads", numHeads);
   const headDim = c.head_dim == null ? hiddenSize / numHeads : int("head_dim");
-  if (!Number.isInteger(headDim)) throw new ConfigError(`${where}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads}`);
+  if (!Number.isInteger(headDim))
+    throw new ConfigError(`${where}: hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads}`);
   if (numHeads % numKvHeads !== 0) {
     throw new ConfigError(`${where}: num_attention_heads ${numHeads} must be a multiple of num_key_value_heads ${numKvHeads}`);
   }

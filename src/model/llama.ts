@@ -64,6 +64,7 @@ interface Activations {
 export class LlamaModel {
   readonly arenaPlan: ArenaPlan;
   private acts: Activations;
+  private arena: Tensor;
   private readonly qkvDim: number;
   private readonly scale: number;
 
@@ -104,7 +105,9 @@ export class LlamaModel {
     }));
     this.arenaPlan = planArena(requests);
     const arena = backend.alloc([this.arenaPlan.totalBytes / elt], backend.activationDType, "activations", "activation arena");
-    const view = (name: string, shape: number[]) => new Tensor(arena.storage, backend.activationDType, shape, this.arenaPlan.offsets.get(name)! / elt);
+    this.arena = arena;
+    const view = (name: string, shape: number[]) =>
+      new Tensor(arena.storage, backend.activationDType, shape, this.arenaPlan.offsets.get(name)! / elt);
     this.acts = Object.fromEntries(Object.entries(shapes).map(([name, [shape]]) => [name, view(name, shape)])) as unknown as Activations;
   }
 
@@ -112,7 +115,8 @@ export class LlamaModel {
   forward(batch: ForwardBatch, kv: KVCache): Tensor {
     const T = batch.numTokens;
     const S = batch.logitsIndices.numel;
-    if (T < 1 || T > this.limits.maxNumTokens) throw new RangeError(`forward: ${T} tokens; this model was planned for 1..${this.limits.maxNumTokens}`);
+    if (T < 1 || T > this.limits.maxNumTokens)
+      throw new RangeError(`forward: ${T} tokens; this model was planned for 1..${this.limits.maxNumTokens}`);
     if (S > this.limits.maxNumLogits) throw new RangeError(`forward: ${S} logits rows; planned for at most ${this.limits.maxNumLogits}`);
     const b = this.backend;
     const w = this.weights;
@@ -141,6 +145,14 @@ export class LlamaModel {
     b.rmsNorm(last, delta, w.norm, eps, res);
     b.linear(logits, last, w.lmHead);
     return logits;
+  }
+
+  /** Free the weights, rotary tables and activation arena. */
+  dispose(): void {
+    const w = this.weights;
+    const tensors = [w.embed, w.lmHead, w.norm, this.rope.cos, this.rope.sin, this.arena];
+    for (const layer of w.layers) tensors.push(...Object.values(layer).filter((t): t is Tensor => t instanceof Tensor));
+    for (const storage of new Set(tensors.map((t) => t.storage))) this.backend.free(storage);
   }
 
   private attention(l: number, x: Tensor, batch: ForwardBatch, kv: KVCache): void {
@@ -189,7 +201,7 @@ export function allocateKVCache(backend: Backend, config: ModelConfig, numBlocks
   const k: Tensor[] = [];
   const v: Tensor[] = [];
   for (let l = 0; l < L; l++) {
-    k.push(new Tensor(all.storage, all.dtype, shape, all.offset + (2 * l) * perTensor));
+    k.push(new Tensor(all.storage, all.dtype, shape, all.offset + 2 * l * perTensor));
     v.push(new Tensor(all.storage, all.dtype, shape, all.offset + (2 * l + 1) * perTensor));
   }
   return { numBlocks, blockSize, k, v };

@@ -33,8 +33,8 @@ export function loadModel(modelDir: string, backend: Backend, opts: LoadModelOpt
   }
   const source = new SafetensorsSource(modelDir);
   const weights = loadLlamaWeights(config, source, backend, { dtype: opts.dtype, onProgress: opts.onProgress });
-  const rope = buildRopeTable(backend, config, maxModelLen);
   const maxNumTokens = opts.maxNumTokens ?? Math.min(8192, maxModelLen);
+  const rope = buildRopeTable(backend, config, maxModelLen);
   const model = new LlamaModel(config, weights, backend, rope, { maxNumTokens, maxNumLogits: opts.maxNumSeqs ?? 256 });
   return { config, model, maxModelLen };
 }

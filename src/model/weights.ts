@@ -83,6 +83,17 @@ export class WeightError extends Error {
  */
 export function loadLlamaWeights(config: ModelConfig, source: WeightSource, backend: Backend, opts: LoadOptions = {}): LlamaWeights {
   const loader = new Loader(source, backend, opts);
+  try {
+    return readLlamaWeights(config, source, loader);
+  } catch (err) {
+    loader.abandon();
+    throw err;
+  } finally {
+    source.close();
+  }
+}
+
+function readLlamaWeights(config: ModelConfig, source: WeightSource, loader: Loader): LlamaWeights {
   const { hiddenSize: H, headDim: D, numHeads: Hq, numKvHeads: Hkv, intermediateSize: I } = config;
   const layerCount = config.numLayers;
   const layers: LayerWeights[] = [];
@@ -98,14 +109,22 @@ export function loadLlamaWeights(config: ModelConfig, source: WeightSource, back
         H,
         `${p}.qkv`,
       ),
-      qkvBias: config.qkvBias ? loader.vectors(qkvNames.map((n) => `${n}.bias`), qkvRows, `${p}.qkv_bias`) : undefined,
+      qkvBias: config.qkvBias
+        ? loader.vectors(
+            qkvNames.map((n) => `${n}.bias`),
+            qkvRows,
+            `${p}.qkv_bias`,
+          )
+        : undefined,
       qNorm: config.qkNorm ? loader.vector(`${p}.self_attn.q_norm.weight`, D) : undefined,
       kNorm: config.qkNorm ? loader.vector(`${p}.self_attn.k_norm.weight`, D) : undefined,
       o: loader.matrix([`${p}.self_attn.o_proj.weight`], [H], Hq * D, `${p}.o_proj`),
       oBias: config.oBias ? loader.vector(`${p}.self_attn.o_proj.bias`, H) : undefined,
       postNorm: loader.vector(`${p}.post_attention_layernorm.weight`, H),
       gateUp: loader.matrix([`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`], [I, I], H, `${p}.gate_up`),
-      gateUpBias: config.mlpBias ? loader.vectors([`${p}.mlp.gate_proj.bias`, `${p}.mlp.up_proj.bias`], [I, I], `${p}.gate_up_bias`) : undefined,
+      gateUpBias: config.mlpBias
+        ? loader.vectors([`${p}.mlp.gate_proj.bias`, `${p}.mlp.up_proj.bias`], [I, I], `${p}.gate_up_bias`)
+        : undefined,
       down: loader.matrix([`${p}.mlp.down_proj.weight`], [H], I, `${p}.down_proj`),
       downBias: config.mlpBias ? loader.vector(`${p}.mlp.down_proj.bias`, H) : undefined,
     });
@@ -114,12 +133,12 @@ export function loadLlamaWeights(config: ModelConfig, source: WeightSource, back
   const norm = loader.vector("model.norm.weight", H);
   const tied = config.tieWordEmbeddings || !source.info("lm_head.weight");
   const lmHead = tied ? embed : loader.matrix(["lm_head.weight"], [config.vocabSize], H, "lm_head");
-  loader.finish();
   return { embed, layers, norm, lmHead };
 }
 
 class Loader {
   private done = 0;
+  private allocated: Tensor[] = [];
   private readonly total: number;
 
   constructor(
@@ -147,7 +166,7 @@ class Loader {
     if (mixed) throw new WeightError(`${this.source.description}: tensors ${names.join(", ")} must share one dtype to be fused`);
     const dtype = this.opts.dtype ?? fileDtype;
     const total = rows.reduce((a, b) => a + b, 0);
-    const out = this.backend.alloc([total, cols], dtype, "weights", label);
+    const out = this.alloc([total, cols], dtype, label);
     let row = 0;
     names.forEach((name, i) => {
       this.readConverted(name, fileDtype, out.rows(row, rows[i]!));
@@ -173,7 +192,7 @@ class Loader {
       at += sizes[i]!;
       this.progress(bytes.byteLength);
     });
-    const out = this.backend.alloc([total], this.backend.activationDType, "weights", label);
+    const out = this.alloc([total], this.backend.activationDType, label);
     this.backend.write(out, values);
     return out;
   }
@@ -191,7 +210,15 @@ class Loader {
     this.opts.onProgress?.(this.done, Math.max(this.total, this.done));
   }
 
-  finish(): void {
-    this.source.close();
+  private alloc(shape: number[], dtype: DType, label: string): Tensor {
+    const t = this.backend.alloc(shape, dtype, "weights", label);
+    this.allocated.push(t);
+    return t;
+  }
+
+  /** Free what was loaded so far (a load that fails leaves nothing behind). */
+  abandon(): void {
+    for (const t of this.allocated) this.backend.free(t.storage);
+    this.allocated = [];
   }
 }

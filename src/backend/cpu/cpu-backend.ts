@@ -170,7 +170,16 @@ export class CpuBackend implements Backend {
     this.pool.run({ kind: "linear", args }, N, 4);
   }
 
-  ropeAndCacheWrite(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, rope: RopeTable, slotMapping: Tensor, kCache: Tensor, vCache: Tensor): void {
+  ropeAndCacheWrite(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    positions: Tensor,
+    rope: RopeTable,
+    slotMapping: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+  ): void {
     const T = positions.numel;
     const [, , Hkv, D] = kCache.shape as [number, number, number, number];
     const half = rope.rotaryDim / 2;
