@@ -1,11 +1,13 @@
 import type { Backend } from "../backend/backend.js";
 import { type LoadModelOptions, loadModel, type LoadedModel } from "../model/load.js";
 import { ModelRunner } from "./model-runner.js";
-import { GREEDY, Rng, sample, type SamplingParams } from "./sampler.js";
+import { Rng, sampleToken, type SamplingState } from "./sampler.js";
+import { resolveSamplingParams, type SamplingParams } from "./sampling-params.js";
 
 export interface GenerateOptions {
   maxTokens: number;
-  sampling?: SamplingParams;
+  /** Sampling settings; default greedy. maxTokens and stop ids come from the fields here. */
+  sampling?: Partial<SamplingParams>;
   stopTokenIds?: readonly number[];
   /** Keep each step's full logits row (for comparisons against an oracle). */
   returnLogits?: boolean;
@@ -65,9 +67,16 @@ export class Generator {
         `prompt (${prompt.length} tokens) + max tokens (${opts.maxTokens}) = ${total} exceeds the max model length ${this.maxModelLen}`,
       );
     }
-    const sampling = opts.sampling ?? GREEDY;
-    const rng = new Rng(sampling.seed ?? (Math.random() * 2 ** 32) >>> 0);
+    const sampling = resolveSamplingParams({ temperature: 0, ...opts.sampling, maxTokens: opts.maxTokens });
     const stop = new Set(opts.stopTokenIds ?? []);
+    const outputCounts = new Map<number, number>();
+    const state: SamplingState = {
+      promptTokenIds: prompt,
+      outputTokenIds: [],
+      outputCounts,
+      rng: new Rng(sampling.seed ?? (Math.random() * 2 ** 32) >>> 0),
+      eosTokenIds: [...stop],
+    };
     const chunk = this.loaded.model.limits.maxNumTokens;
     const vocab = this.loaded.config.vocabSize;
     const tokens: number[] = [];
@@ -84,8 +93,9 @@ export class Generator {
     const t1 = performance.now();
     for (let i = 0; i < opts.maxTokens; i++) {
       if (opts.returnLogits) logits.push(row.slice(0, vocab));
-      const next = sample(row, sampling, rng);
+      const next = sampleToken(row, sampling, { ...state, outputTokenIds: tokens }).token;
       tokens.push(next);
+      outputCounts.set(next, (outputCounts.get(next) ?? 0) + 1);
       if (stop.has(next)) {
         finishReason = "stop";
         break;

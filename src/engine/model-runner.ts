@@ -78,6 +78,10 @@ export class ModelRunner {
     };
   }
 
+  get vocabSize(): number {
+    return this.model.config.vocabSize;
+  }
+
   dispose(): void {
     const b = this.model.backend;
     for (const storage of new Set([this.kv.k[0]!.storage, ...Object.values(this.inputs).map((t) => t.storage)])) b.free(storage);

@@ -1,15 +1,6 @@
-/** Per-request sampling settings (the subset the first generate command needs; the engine grows it). */
-export interface SamplingParams {
-  /** 0 = greedy. */
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed?: number;
-}
+import type { SamplingParams } from "./sampling-params.js";
 
-export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1 };
-
-/** A small, fast, seedable PRNG (mulberry32) so a seed reproduces a sample regardless of batch. */
+/** A small, fast, seedable PRNG (mulberry32): each request owns one, so a seed reproduces its tokens whatever the batch. */
 export class Rng {
   private state: number;
   constructor(seed: number) {
@@ -23,11 +14,11 @@ export class Rng {
   }
 }
 
-export function argmax(row: Float32Array, offset = 0, n = row.length - offset): number {
+export function argmax(row: ArrayLike<number>): number {
   let best = 0;
   let bestV = -Infinity;
-  for (let i = 0; i < n; i++) {
-    const v = row[offset + i]!;
+  for (let i = 0; i < row.length; i++) {
+    const v = row[i]!;
     if (v > bestV) {
       bestV = v;
       best = i;
@@ -36,37 +27,149 @@ export function argmax(row: Float32Array, offset = 0, n = row.length - offset): 
   return best;
 }
 
-/** log-softmax of one logits row, in f64 for accuracy. */
-export function logSoftmax(row: Float32Array): Float64Array {
+/** log Σ exp(row), stable. */
+export function logSumExp(row: ArrayLike<number>): number {
   let max = -Infinity;
-  for (const v of row) max = Math.max(max, v);
+  for (let i = 0; i < row.length; i++) max = Math.max(max, row[i]!);
+  if (max === -Infinity) return -Infinity;
   let sum = 0;
-  for (const v of row) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(row, (v) => v - lse);
+  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
+  return max + Math.log(sum);
 }
 
-/** Pick the next token from one logits row: greedy, or temperature with top-k / top-p truncation. */
-export function sample(row: Float32Array, p: SamplingParams, rng: Rng): number {
-  if (p.temperature <= 0) return argmax(row);
-  let ids = Array.from(row.keys());
-  ids.sort((a, b) => row[b]! - row[a]!);
-  if (p.topK > 0) ids = ids.slice(0, p.topK);
-  const max = row[ids[0]!]!;
-  let probs = ids.map((i) => Math.exp((row[i]! - max) / p.temperature));
-  let sum = probs.reduce((a, b) => a + b, 0);
+/** What the sampler needs to know of a request's history. */
+export interface SamplingState {
+  readonly promptTokenIds: readonly number[];
+  readonly outputTokenIds: readonly number[];
+  /** Occurrences of each token in the output so far. */
+  readonly outputCounts: ReadonlyMap<number, number>;
+  readonly rng: Rng;
+  /** End-of-sequence ids (masked while min_tokens is not reached). */
+  readonly eosTokenIds: readonly number[];
+}
+
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+}
+
+export interface SampledToken {
+  token: number;
+  /** log-probability of the sampled token under the model (before sampling transforms), when requested. */
+  logprob?: number;
+  topLogprobs?: TokenLogprob[];
+}
+
+/** The k largest entries of row (indices), best first, in O(V log k). */
+export function topKIndices(row: ArrayLike<number>, k: number): number[] {
+  const heap: number[] = []; // min-heap on row value
+  const less = (a: number, b: number) => row[a]! < row[b]!;
+  const siftDown = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < heap.length && less(heap[l]!, heap[m]!)) m = l;
+      if (r < heap.length && less(heap[r]!, heap[m]!)) m = r;
+      if (m === i) return;
+      [heap[i], heap[m]] = [heap[m]!, heap[i]!];
+      i = m;
+    }
+  };
+  for (let i = 0; i < row.length; i++) {
+    if (heap.length < k) {
+      heap.push(i);
+      for (let j = heap.length - 1; j > 0;) {
+        const p = (j - 1) >> 1;
+        if (!less(heap[j]!, heap[p]!)) break;
+        [heap[j], heap[p]] = [heap[p]!, heap[j]!];
+        j = p;
+      }
+    } else if (row[i]! > row[heap[0]!]!) {
+      heap[0] = i;
+      siftDown(0);
+    }
+  }
+  return heap.sort((a, b) => row[b]! - row[a]! || a - b);
+}
+
+/** Penalties, logit bias and the min_tokens mask, in place (vLLM's order). */
+export function applyLogitsProcessors(row: Float32Array, p: SamplingParams, s: SamplingState): void {
+  for (const [id, bias] of Object.entries(p.logitBias)) {
+    const i = Number(id);
+    if (i < row.length) row[i] = row[i]! + bias;
+  }
+  if (s.outputTokenIds.length < p.minTokens) {
+    for (const id of p.stopTokenIds) if (id < row.length) row[id] = -Infinity;
+    if (!p.ignoreEos) for (const id of s.eosTokenIds) if (id < row.length) row[id] = -Infinity;
+  }
+  if (p.repetitionPenalty !== 1) {
+    const seen = new Set<number>(s.promptTokenIds);
+    for (const t of s.outputTokenIds) seen.add(t);
+    for (const t of seen) {
+      const v = row[t]!;
+      row[t] = v > 0 ? v / p.repetitionPenalty : v * p.repetitionPenalty;
+    }
+  }
+  if (p.frequencyPenalty !== 0 || p.presencePenalty !== 0) {
+    for (const [t, count] of s.outputCounts) row[t] = row[t]! - p.frequencyPenalty * count - p.presencePenalty;
+  }
+}
+
+/**
+ * Pick the next token from one logits row (modified in place). Greedy at
+ * temperature 0; otherwise softmax(logits / T) truncated by top-k, top-p and
+ * min-p, sampled with the request's own RNG (one draw per token).
+ */
+export function sampleToken(row: Float32Array, p: SamplingParams, s: SamplingState): SampledToken {
+  let logprobInfo: { lse: number; raw: Float32Array } | undefined;
+  if (p.logprobs !== null) logprobInfo = { lse: logSumExp(row), raw: row.slice() };
+  applyLogitsProcessors(row, p, s);
+  const token = p.temperature < 1e-5 ? argmax(row) : sampleFromDistribution(row, p, s.rng);
+  if (!logprobInfo) return { token };
+  const { lse, raw } = logprobInfo;
+  const top = p.logprobs! > 0 ? topKIndices(raw, p.logprobs!).map((t) => ({ token: t, logprob: raw[t]! - lse })) : undefined;
+  return { token, logprob: raw[token]! - lse, topLogprobs: top };
+}
+
+function sampleFromDistribution(row: Float32Array, p: SamplingParams, rng: Rng): number {
+  const invT = 1 / p.temperature;
+  // Candidates best first. Tokens more than 40 nats below the best carry < 1e-17 of the mass each: leaving them
+  // out changes no top-p or min-p decision, and keeps the sort to a handful of tokens instead of the vocabulary.
+  let cand: number[];
+  if (p.topK > 0) {
+    cand = topKIndices(row, Math.min(p.topK, row.length));
+  } else {
+    const max = row[argmax(row)]!;
+    const floor = max - 40 * p.temperature;
+    cand = [];
+    for (let i = 0; i < row.length; i++) if (row[i]! >= floor) cand.push(i);
+    cand.sort((a, b) => row[b]! - row[a]! || a - b);
+  }
+  const best = row[cand[0]!]!;
+  let weights = cand.map((t) => Math.exp((row[t]! - best) * invT));
+  let total = weights.reduce((a, b) => a + b, 0);
   if (p.topP < 1) {
     let acc = 0;
     let keep = 0;
-    while (keep < probs.length && acc < p.topP * sum) acc += probs[keep++]!;
-    ids = ids.slice(0, keep);
-    probs = probs.slice(0, keep);
-    sum = acc;
+    while (keep < weights.length && acc < p.topP * total) acc += weights[keep++]!;
+    cand = cand.slice(0, keep);
+    weights = weights.slice(0, keep);
+    total = acc;
   }
-  let r = rng.next() * sum;
-  for (let i = 0; i < ids.length; i++) {
-    r -= probs[i]!;
-    if (r <= 0) return ids[i]!;
+  if (p.minP > 0) {
+    // weights[0] is the most likely token's (relative) probability.
+    const threshold = p.minP * weights[0]!;
+    let keep = weights.findIndex((w) => w < threshold);
+    if (keep === -1) keep = weights.length;
+    cand = cand.slice(0, keep);
+    weights = weights.slice(0, keep);
+    total = weights.reduce((a, b) => a + b, 0);
   }
-  return ids[ids.length - 1]!;
+  let r = rng.next() * total;
+  for (let i = 0; i < cand.length; i++) {
+    r -= weights[i]!;
+    if (r < 0) return cand[i]!;
+  }
+  return cand[cand.length - 1]!;
 }

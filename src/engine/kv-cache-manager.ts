@@ -1,0 +1,127 @@
+import { createHash } from "node:crypto";
+import { BlockPool, type KVBlock } from "./block-pool.js";
+
+/** What the cache manager needs to know of a request: its tokens so far and how many are in the cache. */
+export interface CacheRequest {
+  readonly requestId: string;
+  /** Prompt then generated tokens. */
+  readonly allTokenIds: readonly number[];
+  readonly numComputedTokens: number;
+  /** Extra keys that change what a block's KV means for this request (e.g. a LoRA name); usually empty. */
+  readonly cacheSalt?: string;
+  /** Hashes of this request's full blocks, filled in as blocks fill up. */
+  readonly blockHashes: string[];
+}
+
+export interface CacheStats {
+  /** Prefix-cache lookups, in tokens, and how many of them hit. */
+  queries: number;
+  hits: number;
+}
+
+/** Chained hash of one full block: parent's hash, the block's token ids, and the request's salt. */
+export function hashBlock(parent: string | null, tokens: readonly number[], salt = ""): string {
+  const h = createHash("sha256");
+  h.update(parent ?? "root");
+  h.update(Buffer.from(Int32Array.from(tokens).buffer));
+  h.update(salt);
+  return h.digest("base64");
+}
+
+/**
+ * Maps requests to KV blocks: finds the longest cached prefix of a new
+ * request, allocates blocks as requests grow, hashes blocks as they fill so
+ * later requests can share them, and gives blocks back when requests finish,
+ * are aborted or are preempted.
+ */
+export class KVCacheManager {
+  readonly pool: BlockPool;
+  private owned = new Map<string, KVBlock[]>();
+  readonly stats: CacheStats = { queries: 0, hits: 0 };
+
+  constructor(
+    numBlocks: number,
+    readonly blockSize: number,
+    enablePrefixCaching: boolean,
+  ) {
+    this.pool = new BlockPool(numBlocks, enablePrefixCaching);
+  }
+
+  /** Extend req.blockHashes to cover every full block of its tokens. */
+  private updateHashes(req: CacheRequest): void {
+    const full = Math.floor(req.allTokenIds.length / this.blockSize);
+    for (let i = req.blockHashes.length; i < full; i++) {
+      const tokens = req.allTokenIds.slice(i * this.blockSize, (i + 1) * this.blockSize);
+      req.blockHashes.push(hashBlock(i === 0 ? null : req.blockHashes[i - 1]!, tokens, req.cacheSalt));
+    }
+  }
+
+  /**
+   * The longest run of cached blocks at the start of a new request. At least
+   * one token is always left to compute, since its logits are needed.
+   */
+  findCachedPrefix(req: CacheRequest): { blocks: KVBlock[]; numTokens: number } {
+    this.updateHashes(req);
+    const blocks: KVBlock[] = [];
+    const maxBlocks = Math.floor((req.allTokenIds.length - 1) / this.blockSize);
+    for (let i = 0; i < maxBlocks; i++) {
+      const b = this.pool.lookup(req.blockHashes[i]!);
+      if (!b) break;
+      blocks.push(b);
+    }
+    if (this.pool.enableCaching) {
+      this.stats.queries += req.allTokenIds.length;
+      this.stats.hits += blocks.length * this.blockSize;
+    }
+    return { blocks, numTokens: blocks.length * this.blockSize };
+  }
+
+  /**
+   * Make room for `numNewTokens` more tokens of `req` (after `cachedPrefix`,
+   * for a request being admitted). Returns false, changing nothing, when the
+   * free blocks do not suffice.
+   */
+  allocateSlots(req: CacheRequest, numNewTokens: number, cachedPrefix: readonly KVBlock[] = []): boolean {
+    const have = this.owned.get(req.requestId) ?? [];
+    const computed = req.numComputedTokens + cachedPrefix.length * this.blockSize;
+    const needTotal = Math.ceil((computed + numNewTokens) / this.blockSize);
+    const needNew = Math.max(0, needTotal - have.length - cachedPrefix.length);
+    // Cached blocks nobody holds sit in the free queue: sharing them takes them out of it.
+    const revived = cachedPrefix.filter((b) => b.refCount === 0).length;
+    if (needNew > this.pool.numFreeBlocks - revived) return false;
+    this.pool.share(cachedPrefix);
+    const blocks = [...have, ...cachedPrefix, ...this.pool.allocate(needNew)];
+    this.owned.set(req.requestId, blocks);
+    this.cacheFullBlocks(req, blocks, computed + numNewTokens);
+    return true;
+  }
+
+  /** Register the blocks that will be full once `numTokens` tokens are computed. */
+  private cacheFullBlocks(req: CacheRequest, blocks: readonly KVBlock[], numTokens: number): void {
+    if (!this.pool.enableCaching) return;
+    this.updateHashes(req);
+    const full = Math.min(Math.floor(numTokens / this.blockSize), req.blockHashes.length);
+    for (let i = 0; i < full; i++) this.pool.cacheBlock(blocks[i]!, req.blockHashes[i]!);
+  }
+
+  /** Give back every block of a request; the tail goes to the free queue first so the shared prefix is evicted last. */
+  free(requestId: string): void {
+    const blocks = this.owned.get(requestId);
+    if (!blocks) return;
+    this.owned.delete(requestId);
+    this.pool.release([...blocks].reverse());
+  }
+
+  blockIds(requestId: string): number[] {
+    return (this.owned.get(requestId) ?? []).map((b) => b.id);
+  }
+
+  numBlocksOf(requestId: string): number {
+    return this.owned.get(requestId)?.length ?? 0;
+  }
+
+  /** Requests currently holding blocks. */
+  get numOwners(): number {
+    return this.owned.size;
+  }
+}
