@@ -17,7 +17,7 @@ export function loadGenerationDefaults(modelDir: string): GenerationDefaults {
   try {
     g = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
   } catch (err) {
-    throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
+    throw new Error(`${path}: not valid JSON (${(err as Error).message})`, { cause: err });
   }
   const num = (k: string) => (typeof g[k] === "number" ? (g[k] as number) : undefined);
   const sampling: Partial<SamplingParams> = {
