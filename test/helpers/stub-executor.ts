@@ -1,0 +1,41 @@
+import type { StepExecutor } from "../../src/engine/engine-core.js";
+import type { ScheduledSequence } from "../../src/engine/model-runner.js";
+
+/**
+ * A model stand-in that costs (almost) nothing: the next-token logits are a
+ * fixed pseudo-random function of the previous token and its position, so
+ * outputs are deterministic and depend on the exact token history fed, like
+ * a real model's. It also records every batch for invariant checks.
+ */
+export class StubExecutor implements StepExecutor {
+  readonly batches: ScheduledSequence[][] = [];
+  private out: Float32Array;
+
+  constructor(
+    readonly vocabSize = 64,
+    readonly record = false,
+  ) {
+    this.out = new Float32Array(0);
+  }
+
+  execute(seqs: readonly ScheduledSequence[]): Float32Array {
+    if (this.record) this.batches.push(seqs.map((s) => ({ ...s, tokens: [...s.tokens], blocks: [...s.blocks] })));
+    const wanted = seqs.filter((s) => s.wantLogits);
+    if (this.out.length < wanted.length * this.vocabSize) this.out = new Float32Array(wanted.length * this.vocabSize);
+    wanted.forEach((s, r) => {
+      const last = s.tokens[s.tokens.length - 1]!;
+      const pos = s.numCached + s.tokens.length - 1;
+      for (let v = 0; v < this.vocabSize; v++) this.out[r * this.vocabSize + v] = mix(last * 7919 + pos * 104729 + v * 31) * 8;
+    });
+    return this.out.subarray(0, wanted.length * this.vocabSize);
+  }
+}
+
+/** A deterministic hash of an integer to [-1, 1). */
+function mix(x: number): number {
+  let h = Math.imul(x ^ 0x9e3779b9, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return (h >>> 0) / 2 ** 31 - 1;
+}
