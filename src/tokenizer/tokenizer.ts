@@ -1,0 +1,175 @@
+import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { type ChatMessage, type ChatTemplateOptions, ChatTemplates } from "./chat-template.js";
+
+export type { ChatMessage, ChatTemplateOptions } from "./chat-template.js";
+
+export class TokenizerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TokenizerError";
+  }
+}
+
+type JsonObject = Record<string, unknown>;
+
+/** Parse a JSON object file; undefined when it is absent and optional. */
+function readJsonObject(path: string, required: boolean, hint: string): JsonObject | undefined {
+  if (!existsSync(path)) {
+    if (required) throw new TokenizerError(`${path}: not found; ${hint}`);
+    return undefined;
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new TokenizerError(`${path}: not valid JSON (${(err as Error).message})`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw new TokenizerError(`${path}: expected a JSON object`);
+  return value as JsonObject;
+}
+
+/** Special tokens in tokenizer_config.json are a string, or an AddedToken object `{content, ...}`. */
+function tokenContent(v: unknown): string | undefined {
+  if (typeof v === "string") return v;
+  if (typeof v === "object" && v !== null && typeof (v as JsonObject).content === "string") return (v as JsonObject).content as string;
+  return undefined;
+}
+
+/** `eos_token_id` in config.json / generation_config.json is a number or a list of numbers. */
+function idList(v: unknown): number[] {
+  if (Number.isInteger(v)) return [v as number];
+  if (Array.isArray(v)) return v.filter((x): x is number => Number.isInteger(x));
+  return [];
+}
+
+function largestId(hf: HfTokenizer): number {
+  let max = -1;
+  for (const id of hf.get_vocab(true).values()) max = Math.max(max, id);
+  return max;
+}
+
+/** The files of a model folder that describe its tokenizer. */
+interface TokenizerFiles {
+  dir: string;
+  tokenizer: JsonObject;
+  config: JsonObject;
+  /** Stop ids configured for generation, from generation_config.json and config.json. */
+  generationEosIds: number[];
+  chatTemplates?: ChatTemplates;
+}
+
+function readTokenizerFiles(dir: string): TokenizerFiles {
+  const tokenizerPath = join(dir, "tokenizer.json");
+  const tokenizer = readJsonObject(tokenizerPath, true, "a Hugging Face model folder needs a tokenizer.json (the fast-tokenizer format)")!;
+  if (typeof tokenizer.model !== "object" || tokenizer.model === null) {
+    throw new TokenizerError(`${tokenizerPath}: missing the "model" object; expected a Hugging Face tokenizers file`);
+  }
+  // Transformers loads a fast tokenizer without tokenizer_config.json; so do we (no chat template then).
+  const configPath = join(dir, "tokenizer_config.json");
+  const config = readJsonObject(configPath, false, "") ?? {};
+  const generation = readJsonObject(join(dir, "generation_config.json"), false, "");
+  const model = readJsonObject(join(dir, "config.json"), false, "");
+  return {
+    dir,
+    tokenizer,
+    config,
+    generationEosIds: [...idList(generation?.eos_token_id), ...idList(model?.eos_token_id)],
+    chatTemplates: readChatTemplates(dir, config),
+  };
+}
+
+// Newer Transformers save the template as chat_template.jinja; it wins over tokenizer_config.json, as there.
+function readChatTemplates(dir: string, config: JsonObject): ChatTemplates | undefined {
+  const jinjaPath = join(dir, "chat_template.jinja");
+  if (existsSync(jinjaPath)) return ChatTemplates.fromConfigValue(readFileSync(jinjaPath, "utf8"), jinjaPath);
+  return ChatTemplates.fromConfigValue(config.chat_template, join(dir, "tokenizer_config.json"));
+}
+
+/**
+ * A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) with the
+ * model's chat template and end-of-sequence ids. Token ids match the Rust
+ * `tokenizers` library, which Transformers and vLLM use.
+ */
+export class Tokenizer {
+  /** One past the largest token id, added tokens included. */
+  readonly vocabSize: number;
+  readonly bosTokenId?: number;
+  /** Ids that end a generation: tokenizer_config's eos_token, then generation_config's and config.json's eos_token_id. */
+  readonly eosTokenIds: number[];
+  private readonly specialIds: Set<number>;
+  private readonly specialTokens: Record<string, string> = {};
+
+  private constructor(
+    private readonly hf: HfTokenizer,
+    private readonly files: TokenizerFiles,
+  ) {
+    this.vocabSize = largestId(hf) + 1;
+    const added = [...hf.get_added_tokens_decoder().values()];
+    this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
+    for (const key of ["bos_token", "eos_token", "pad_token", "unk_token"]) {
+      const content = tokenContent(files.config[key]);
+      if (content !== undefined) this.specialTokens[key] = content;
+    }
+    this.bosTokenId = this.idOf(this.specialTokens.bos_token);
+    const eos = this.idOf(this.specialTokens.eos_token);
+    this.eosTokenIds = [...new Set([...(eos === undefined ? [] : [eos]), ...files.generationEosIds])];
+  }
+
+  /** Load the tokenizer of a Hugging Face model folder. */
+  static fromDir(modelDir: string): Tokenizer {
+    const files = readTokenizerFiles(modelDir);
+    let hf: HfTokenizer;
+    try {
+      hf = new HfTokenizer(files.tokenizer, files.config);
+    } catch (err) {
+      throw new TokenizerError(`${join(modelDir, "tokenizer.json")}: cannot build the tokenizer (${(err as Error).message})`);
+    }
+    return new Tokenizer(hf, files);
+  }
+
+  /** Text to ids. `addSpecialTokens` (default true) applies the tokenizer's post-processor, e.g. a leading BOS. */
+  encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+  }
+
+  /** Ids to text. Ids outside the vocabulary decode to nothing, as in the Rust tokenizer. */
+  decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    // The JS library throws on an empty list; the empty text is the right answer.
+    if (ids.length === 0) return "";
+    return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.hf.id_to_token(id);
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.hf.token_to_id(token);
+  }
+
+  /** True for added tokens marked special (<|im_start|>, <|endoftext|>): the ones `skipSpecialTokens` drops. */
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.files.chatTemplates !== undefined;
+  }
+
+  /** Render a conversation with the model's chat template into the prompt text (encode it with addSpecialTokens: false). */
+  applyChatTemplate(messages: ChatMessage[], opts: ChatTemplateOptions = {}): string {
+    const templates = this.files.chatTemplates;
+    if (!templates) {
+      throw new TokenizerError(
+        `${join(this.files.dir, "tokenizer_config.json")}: the model has no chat template ("chat_template" is missing); send plain prompts instead`,
+      );
+    }
+    return templates.render(messages, opts, this.specialTokens);
+  }
+
+  private idOf(token: string | undefined): number | undefined {
+    return token === undefined ? undefined : this.hf.token_to_id(token);
+  }
+}
