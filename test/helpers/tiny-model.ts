@@ -29,6 +29,12 @@ export interface TinyModelOptions {
   /** 1: model.safetensors; more: model-0000i-of-0000n.safetensors and model.safetensors.index.json. */
   shards?: number;
   rmsNormEps?: number;
+  /**
+   * Embedding rows (default: the whole Qwen3 tokenizer, TINY_VOCAB_SIZE). A smaller
+   * vocabulary makes engine tests fast; prompts are then token ids below it, and the
+   * tokenizer still decodes them (the EOS ids lie outside, so generation never stops on EOS).
+   */
+  vocabSize?: number;
 }
 
 /** The Qwen3 tokenizer's size: 151643 BPE tokens + 26 added tokens. Embedding rows cover every id. */
@@ -59,6 +65,9 @@ type Resolved = Required<Omit<TinyModelOptions, "ropeScaling">> & { ropeScaling:
 function resolve(o: TinyModelOptions): Resolved {
   const arch = ARCHS[o.arch];
   if (!arch) throw new Error(`writeTinyModel: unknown arch "${o.arch}"; expected one of ${Object.keys(ARCHS).join(", ")}`);
+  if (o.vocabSize !== undefined && !(Number.isInteger(o.vocabSize) && o.vocabSize >= 2 && o.vocabSize <= TINY_VOCAB_SIZE)) {
+    throw new Error(`writeTinyModel: vocabSize must be an integer in [2, ${TINY_VOCAB_SIZE}], got ${o.vocabSize}`);
+  }
   return {
     arch: o.arch,
     dtype: o.dtype ?? "bf16",
@@ -76,6 +85,7 @@ function resolve(o: TinyModelOptions): Resolved {
     seed: o.seed ?? 0,
     shards: o.shards ?? 1,
     rmsNormEps: o.rmsNormEps ?? arch.rmsNormEps,
+    vocabSize: o.vocabSize ?? TINY_VOCAB_SIZE,
   };
 }
 
@@ -105,7 +115,7 @@ function configJson(r: Resolved): Record<string, unknown> {
     torch_dtype: TORCH_DTYPE[r.dtype],
     transformers_version: "4.51.0",
     use_cache: true,
-    vocab_size: TINY_VOCAB_SIZE,
+    vocab_size: r.vocabSize,
   };
   if (r.headDimGiven) c.head_dim = r.headDim;
   // Transformers sorts the keys of config.json.
@@ -224,7 +234,7 @@ function tensorSpecs(r: Resolved): TensorSpec[] {
   });
   const norm = (name: string, n: number): TensorSpec => ({ name, shape: [n], mean: 1, std: 0.1 });
   const bias = (name: string, n: number): TensorSpec => ({ name, shape: [n], mean: 0, std: 0.5 });
-  const specs: TensorSpec[] = [{ name: "model.embed_tokens.weight", shape: [TINY_VOCAB_SIZE, h], mean: 0, std: outStd }];
+  const specs: TensorSpec[] = [{ name: "model.embed_tokens.weight", shape: [r.vocabSize, h], mean: 0, std: outStd }];
   for (let l = 0; l < r.numLayers; l++) {
     const p = `model.layers.${l}.`;
     specs.push(matrix(`${p}self_attn.q_proj.weight`, q, h), matrix(`${p}self_attn.k_proj.weight`, kv, h));
@@ -238,7 +248,7 @@ function tensorSpecs(r: Resolved): TensorSpec[] {
     specs.push(norm(`${p}input_layernorm.weight`, h), norm(`${p}post_attention_layernorm.weight`, h));
   }
   specs.push(norm("model.norm.weight", h));
-  if (!r.tieWordEmbeddings) specs.push({ name: "lm_head.weight", shape: [TINY_VOCAB_SIZE, h], mean: 0, std: outStd });
+  if (!r.tieWordEmbeddings) specs.push({ name: "lm_head.weight", shape: [r.vocabSize, h], mean: 0, std: outStd });
   return specs;
 }
 
