@@ -117,7 +117,10 @@ describe("scheduler invariants (property-based, stub model)", () => {
         const result = run(w);
         // Outputs equal each request run alone (the stub's logits depend on the exact tokens and positions fed).
         for (const [i, tokens] of result.outputs) {
-          const alone = run({ config: { ...w.config, enablePrefixCaching: false }, requests: [{ ...w.requests[i]!, arrival: 0, abortAt: null }] });
+          const alone = run({
+            config: { ...w.config, enablePrefixCaching: false },
+            requests: [{ ...w.requests[i]!, arrival: 0, abortAt: null }],
+          });
           assert.deepEqual(tokens, alone.outputs.get(0), `request ${i} differs from its run alone`);
         }
       }),
@@ -183,7 +186,10 @@ describe("scheduler invariants (property-based, stub model)", () => {
       () => core.addRequest({ requestId: "x", promptTokenIds: new Array(20).fill(1), sampling: resolveSamplingParams({}) }),
       /prompt has 20 tokens, but the max model length is 16/,
     );
-    assert.throws(() => core.addRequest({ requestId: "y", promptTokenIds: [99], sampling: resolveSamplingParams({}) }), /token id 99 is outside the vocabulary \[0, 64\)/);
+    assert.throws(
+      () => core.addRequest({ requestId: "y", promptTokenIds: [99], sampling: resolveSamplingParams({}) }),
+      /token id 99 is outside the vocabulary \[0, 64\)/,
+    );
     assert.equal(core.hasUnfinished, false);
   });
 });
