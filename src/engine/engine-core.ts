@@ -131,6 +131,11 @@ export class EngineCore {
     return true;
   }
 
+  /** The id a sequence was added under (`req` for `req#2`), if it is still tracked. */
+  parentOf(sequenceId: string): string | undefined {
+    return this.tracked.get(sequenceId)?.parentId;
+  }
+
   get hasUnfinished(): boolean {
     return this.scheduler.hasUnfinished;
   }

@@ -1,0 +1,39 @@
+/** Messages between the async engine client (main thread) and the engine worker thread. */
+import type { AddRequest, EngineConfig, EngineStats, RequestOutput } from "./engine-core.js";
+import type { EngineOptions } from "./llm.js";
+import type { SamplingParams } from "./sampling-params.js";
+
+export interface WorkerInit {
+  modelDir: string;
+  options: Omit<EngineOptions, "onProgress">;
+}
+
+/** What the client learns about the loaded model and engine once the worker is ready. */
+export interface EngineInfo {
+  modelDir: string;
+  architecture: string;
+  maxModelLen: number;
+  vocabSize: number;
+  eosTokenIds: number[];
+  /** From generation_config.json: the request defaults the model's authors chose. */
+  samplingDefaults: Partial<SamplingParams>;
+  config: EngineConfig;
+  backend: string;
+  threads: number;
+  /** Bytes of one token's K and V over all layers. */
+  kvBytesPerToken: number;
+  weightBytes: number;
+}
+
+export type ToWorker =
+  { type: "add"; request: AddRequest } | { type: "abort"; requestId: string } | { type: "stats"; id: number } | { type: "shutdown" };
+
+export type FromWorker =
+  | { type: "progress"; done: number; total: number }
+  | { type: "ready"; info: EngineInfo }
+  | { type: "failed"; message: string }
+  | { type: "outputs"; outputs: RequestOutput[]; stats: EngineStats }
+  /** A request the core refused (bad length, ...) or that failed in a step: its stream ends with this error. */
+  | { type: "rejected"; requestId: string; message: string; name: string }
+  | { type: "stats"; id: number; stats: EngineStats }
+  | { type: "closed" };
