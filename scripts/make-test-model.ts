@@ -6,6 +6,7 @@
  *   node dist/scripts/make-test-model.js <dir> --preset bench     # ~100M parameters
  */
 import { parseArgs } from "node:util";
+import { BENCH_MODEL } from "../bench/models.js";
 import { type TinyArch, type TinyModelOptions, tinyModelParameters, writeTinyModel } from "../test/helpers/tiny-model.js";
 
 const USAGE = `usage: make-test-model <dir> [--preset tiny|bench] [--arch llama|mistral|qwen2|qwen3] [--dtype bf16|f16|f32]
@@ -15,7 +16,7 @@ const USAGE = `usage: make-test-model <dir> [--preset tiny|bench] [--arch llama|
 /** bench: ~25M parameters of layers plus 78M of embeddings (tied), the shape of a small real model. */
 const PRESETS: Record<string, Partial<TinyModelOptions>> = {
   tiny: {},
-  bench: { hiddenSize: 512, numLayers: 8, intermediateSize: 1536, numHeads: 8, numKvHeads: 4, headDim: 64, tieWordEmbeddings: true },
+  bench: BENCH_MODEL,
 };
 
 const ARCHS: TinyArch[] = ["llama", "mistral", "qwen2", "qwen3"];
