@@ -1,10 +1,10 @@
 /**
- * `npm start`: the whole path on a small model, on CPU. On first run it writes a
+ * `npm start`: the server on a small model, on CPU. On first run it writes a
  * Qwen3-shaped model with random weights to .cache/demo-model (no weights can be
- * downloaded here), then generates from it with the `tokamak` CLI. Extra arguments
- * go to `tokamak generate` (e.g. `npm start -- --max-tokens 64`).
+ * downloaded here), then runs `tokamak serve` on it. Extra arguments go to
+ * `tokamak serve` (e.g. `npm start -- --port 9000 --api-key secret`).
  */
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -29,21 +29,13 @@ if (!existsSync(join(modelDir, "config.json"))) {
   process.stderr.write(`writing a demo model with RANDOM weights (${millions}M parameters, Qwen3 shape) to ${modelDir}\n`);
   writeTinyModel(modelDir, DEMO);
 }
-process.stderr.write(`the model's weights are random: expect gibberish text; the figures show the runtime at work\n`);
+process.stderr.write(
+  "the demo model's weights are RANDOM: its text is gibberish by design; use it to try the API, the metrics and the figures.\n" +
+    "serve a real model with: npx tokamak serve /path/to/hf-model-folder\n" +
+    `try: curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d '{"model": "tokamak-demo", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}'\n`,
+);
 const cli = join(root, "dist", "src", "cli", "main.js");
-const args = [
-  "generate",
-  modelDir,
-  "--chat",
-  "--prompt",
-  "Tell me about tokamaks.",
-  "--max-tokens",
-  "48",
-  "--temperature",
-  "0.8",
-  "--seed",
-  "0",
-  ...process.argv.slice(2),
-];
-const result = spawnSync(process.execPath, [cli, ...args], { stdio: "inherit" });
-process.exit(result.status ?? 1);
+const args = ["serve", modelDir, "--served-model-name", "tokamak-demo", "--kv-cache-memory", "1GiB", ...process.argv.slice(2)];
+const child = spawn(process.execPath, [cli, ...args], { stdio: "inherit" });
+for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => child.kill(sig));
+child.on("exit", (code) => process.exit(code ?? 1));

@@ -6,6 +6,7 @@ import { parseDType } from "../backend/dtype.js";
 import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { progressBar } from "./progress.js";
+import { startServer, VERSION } from "../server/serve.js";
 
 const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -72,6 +73,93 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
   }
 }
 
+interface ServeFlags {
+  host: string;
+  port: number;
+  apiKey?: string;
+  servedModelName?: string[];
+  maxModelLen?: number;
+  maxNumBatchedTokens?: number;
+  maxNumSeqs: number;
+  gpuMemoryUtilization: number;
+  kvCacheMemory?: number;
+  blockSize: number;
+  enablePrefixCaching: boolean;
+  dtype: string;
+  seed: number;
+  generationConfig: string;
+  threads?: number;
+  maxQueueLen: number;
+  shutdownTimeout: number;
+  device: string;
+}
+
+/** "4GiB", "512MiB", "2G", "1e9": a byte count. */
+export function parseBytes(v: string): number {
+  const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(i?)b?\s*$/i.exec(v);
+  if (!m) throw new InvalidArgumentError(`expected a size such as 4GiB, 512MiB or 1e9, got "${v}"`);
+  const unit = "kmgt".indexOf(m[2]!.toLowerCase()) + 1;
+  const base = m[3] || m[2] === "" ? 1024 : 1000;
+  const bytes = Math.floor(Number(m[1]) * base ** unit);
+  if (!(bytes > 0)) throw new InvalidArgumentError(`the size must be positive, got "${v}"`);
+  return bytes;
+}
+
+async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> {
+  if (flags.device === "cuda") throw new Error("--device cuda: the CUDA backend is not available in this build yet; use --device cpu");
+  if (!["auto", "cpu"].includes(flags.device)) throw new Error(`--device must be auto, cpu or cuda, got "${flags.device}"`);
+  if (flags.generationConfig !== "auto" && flags.generationConfig !== "vllm") {
+    throw new Error(
+      `--generation-config must be "auto" (use the model's generation_config.json) or "vllm" (ignore it), got "${flags.generationConfig}"`,
+    );
+  }
+  const bar = progressBar("loading weights");
+  const server = await startServer(modelDir, {
+    host: flags.host,
+    port: flags.port,
+    apiKey: flags.apiKey ?? process.env.TOKAMAK_API_KEY,
+    servedModelName: flags.servedModelName,
+    maxQueueLen: flags.maxQueueLen,
+    onProgress: bar,
+    engine: {
+      maxModelLen: flags.maxModelLen,
+      maxNumBatchedTokens: flags.maxNumBatchedTokens,
+      maxNumSeqs: flags.maxNumSeqs,
+      kvCacheMemory: flags.kvCacheMemory,
+      blockSize: flags.blockSize,
+      enablePrefixCaching: flags.enablePrefixCaching,
+      dtype: flags.dtype === "auto" ? undefined : parseDType(flags.dtype, "--dtype"),
+      threads: flags.threads,
+      ignoreGenerationConfig: flags.generationConfig === "vllm",
+      seed: flags.seed,
+    },
+  });
+  bar.end();
+  const i = server.engine.info;
+  process.stderr.write(
+    `tokamak ${VERSION}: serving ${modelDir} as "${(flags.servedModelName ?? [])[0] ?? "(folder name)"}" on ${i.backend} (${i.threads} threads; ` +
+      `device auto picked cpu: no CUDA backend in this build), max model len ${i.maxModelLen}, KV cache ${i.config.numBlocks} blocks × ${i.config.blockSize} tokens\n` +
+      `OpenAI-compatible API at ${server.url}/v1 (try: curl ${server.url}/v1/models); metrics at ${server.url}/metrics\n`,
+  );
+  let firstSignalAt = 0;
+  const stop = (sig: string) => {
+    // A signal sent to the whole process group can reach us twice (directly and forwarded by a parent): a repeat within a second is the same one.
+    if (firstSignalAt > 0 && Date.now() - firstSignalAt < 1000) return;
+    if (firstSignalAt > 0) {
+      process.stderr.write(`${sig} again: exiting now\n`);
+      process.exit(1);
+    }
+    firstSignalAt = Date.now();
+    process.stderr.write(`${sig}: no new requests; draining in-flight ones for up to ${flags.shutdownTimeout} s\n`);
+    void server.shutdown(flags.shutdownTimeout * 1000).then((r) => {
+      process.stderr.write(r.drained ? "drained; bye\n" : `timed out: aborted ${r.aborted} requests; bye\n`);
+      process.exit(0);
+    });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
 export function buildProgram(): Command {
   const program = new Command("tokamak").description("An LLM runtime: serve and run Hugging Face models").version(version);
   program
@@ -89,6 +177,35 @@ export function buildProgram(): Command {
     .option("--chat", "wrap the prompt in the model's chat template", false)
     .option("--ignore-eos", "keep generating past end-of-sequence tokens", false)
     .action((dir: string, flags: GenerateFlags) => generateCommand(dir, flags));
+  program
+    .command("serve")
+    .description("serve a Hugging Face model folder over an OpenAI-compatible HTTP API (vLLM's flags)")
+    .argument("<model-dir>", "folder with config.json, *.safetensors and tokenizer.json")
+    .option("--host <host>", "address to listen on", "127.0.0.1")
+    .option("--port <port>", "port to listen on (0: any free port)", intArg("--port", 0), 8000)
+    .option("--api-key <key>", "require Authorization: Bearer <key> on /v1 (default: $TOKAMAK_API_KEY)")
+    .option("--served-model-name <names...>", "model names clients may use (default: the folder name)")
+    .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
+    .option("--max-num-batched-tokens <n>", "tokens per engine step (default 8192)", intArg("--max-num-batched-tokens", 1))
+    .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), 256)
+    .option(
+      "--gpu-memory-utilization <f>",
+      "fraction of GPU memory to use (CUDA backend)",
+      floatArg("--gpu-memory-utilization", 0.01, 1),
+      0.9,
+    )
+    .option("--kv-cache-memory <bytes>", "KV cache size on CPU, e.g. 4GiB (default 4GiB)", parseBytes)
+    .option("--block-size <n>", "tokens per KV block", intArg("--block-size", 1), 16)
+    .option("--enable-prefix-caching", "reuse KV blocks of shared prompt prefixes (default)", true)
+    .option("--no-enable-prefix-caching", "turn prefix caching off")
+    .option("--dtype <dtype>", "auto, bfloat16, float16, float32", "auto")
+    .option("--seed <s>", "engine seed for requests without one", intArg("--seed", 0), 0)
+    .option("--generation-config <mode>", "auto: request defaults from generation_config.json; vllm: ignore it", "auto")
+    .option("--threads <n>", "CPU threads (default: all cores)", intArg("--threads", 1))
+    .option("--max-queue-len <n>", "requests that may wait beyond the running batch before 429", intArg("--max-queue-len", 0), 1024)
+    .option("--shutdown-timeout <s>", "seconds to drain in-flight requests on SIGTERM", intArg("--shutdown-timeout", 0), 30)
+    .option("--device <device>", "auto, cpu or cuda", "auto")
+    .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
   return program;
 }
 

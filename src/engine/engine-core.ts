@@ -2,7 +2,7 @@ import { IncrementalDetokenizer, type TokenDecoder } from "./detokenizer.js";
 import { KVCacheManager } from "./kv-cache-manager.js";
 import type { ScheduledSequence } from "./model-runner.js";
 import { type FinishReason, Request } from "./request.js";
-import { sampleToken, type TokenLogprob } from "./sampler.js";
+import { Rng, sampleToken, type TokenLogprob } from "./sampler.js";
 import type { SamplingParams } from "./sampling-params.js";
 import { Scheduler, type SchedulerConfig } from "./scheduler.js";
 
@@ -43,6 +43,8 @@ export interface RequestOutput {
   numPromptTokens: number;
   numCachedTokens: number;
   numOutputTokens: number;
+  /** On the finishing output: milliseconds from arrival to first being scheduled. */
+  queueMs?: number;
 }
 
 export interface EngineStats {
@@ -101,7 +103,7 @@ export class EngineCore {
     const requests: Request[] = [];
     for (let i = 0; i < r.sampling.n; i++) {
       const id = r.sampling.n === 1 ? r.requestId : `${r.requestId}#${i}`;
-      const seed = r.sampling.seed === null ? null : r.sampling.seed + i;
+      const seed = r.sampling.seed !== null ? r.sampling.seed + i : this.seedRng ? Math.floor(this.seedRng.next() * 2 ** 32) : null;
       requests.push(new Request(id, r.promptTokenIds, { ...r.sampling, seed }, this.eosTokenIds, performance.now(), r.priority ?? 0));
       ids.push(id);
     }
@@ -129,6 +131,13 @@ export class EngineCore {
     }
     this.children.delete(requestId);
     return true;
+  }
+
+  private seedRng: Rng | null = null;
+
+  /** Derive the seeds of requests that bring none from this one (otherwise they are random). */
+  seed(seed: number): void {
+    this.seedRng = new Rng(seed);
   }
 
   /** The id a sequence was added under (`req` for `req#2`), if it is still tracked. */
@@ -192,6 +201,7 @@ export class EngineCore {
       numPromptTokens: r.promptTokenIds.length,
       numCachedTokens: r.numCachedTokens,
       numOutputTokens: r.numOutputTokens,
+      queueMs: r.isFinished ? r.firstScheduledTime - r.arrivalTime : undefined,
     };
   }
 

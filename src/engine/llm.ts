@@ -27,6 +27,10 @@ export interface EngineOptions {
   policy?: "fcfs" | "priority";
   dtype?: DType;
   threads?: number;
+  /** Ignore generation_config.json's sampling defaults (vLLM's --generation-config vllm). */
+  ignoreGenerationConfig?: boolean;
+  /** Seeds the random streams of requests that give no seed of their own, so a run is reproducible. */
+  seed?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -122,7 +126,9 @@ export class LLM {
       const gen = loadGenerationDefaults(modelDir);
       const eos = [...new Set([...(tokenizer?.eosTokenIds ?? []), ...gen.eosTokenIds, ...loaded.config.eosTokenIds])];
       runner = new ModelRunner(loaded.model, { numBlocks: config.numBlocks, blockSize: config.blockSize, maxModelLen: loaded.maxModelLen });
-      return new LLM(backend, loaded, runner, tokenizer, gen.sampling, config, eos);
+      const llm = new LLM(backend, loaded, runner, tokenizer, opts.ignoreGenerationConfig ? {} : gen.sampling, config, eos);
+      if (opts.seed !== undefined) llm.core.seed(opts.seed);
+      return llm;
     } catch (err) {
       runner?.dispose();
       loaded.model.dispose();

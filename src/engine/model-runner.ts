@@ -1,6 +1,6 @@
 import type { Backend } from "../backend/backend.js";
 import type { Tensor } from "../backend/tensor.js";
-import { allocateKVCache, type ForwardBatch, type KVCache, type LlamaModel } from "../model/llama.js";
+import { allocateKVCache, freeKVCache, type ForwardBatch, type KVCache, type LlamaModel } from "../model/llama.js";
 
 /** One sequence's share of a step: its new tokens and where its context lives. */
 export interface ScheduledSequence {
@@ -84,7 +84,8 @@ export class ModelRunner {
 
   dispose(): void {
     const b = this.model.backend;
-    for (const storage of new Set([this.kv.k[0]!.storage, ...Object.values(this.inputs).map((t) => t.storage)])) b.free(storage);
+    freeKVCache(b, this.kv);
+    for (const t of Object.values(this.inputs)) b.free(t.storage);
   }
 
   /** Run one step; returns logits [numWanted, vocab] as host memory, rows in the order of sequences with wantLogits. */

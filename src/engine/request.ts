@@ -25,6 +25,8 @@ export class Request implements CacheRequest, SamplingState {
   readonly logprobs: { logprob: number; top?: TokenLogprob[] }[] = [];
   /** Engine step at which the request was first scheduled (for queue-time metrics). */
   firstScheduledStep = -1;
+  /** performance.now() when first scheduled (arrivalTime is on the same clock). */
+  firstScheduledTime = -1;
 
   constructor(
     readonly requestId: string,

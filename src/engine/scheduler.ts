@@ -114,6 +114,7 @@ export class Scheduler {
         if (req.firstScheduledStep < 0) {
           req.numCachedTokens = prefix.numTokens;
           req.firstScheduledStep = this.step;
+          req.firstScheduledTime = performance.now();
         }
         req.status = "running";
         this.running.push(req);

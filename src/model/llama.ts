@@ -195,16 +195,25 @@ function headsView(t: Tensor, col: number, heads: number, d: number): Tensor {
 /** Allocate a paged KV cache for `numBlocks` blocks in one storage. */
 export function allocateKVCache(backend: Backend, config: ModelConfig, numBlocks: number, blockSize: number): KVCache {
   const { numLayers: L, numKvHeads: Hkv, headDim: D } = config;
-  const perTensor = numBlocks * blockSize * Hkv * D;
-  const all = backend.alloc([L, 2, perTensor], backend.activationDType, "kv-cache", "kv cache");
+  // One storage per layer and per K/V, as vLLM keeps them: no single buffer grows with the layer count.
   const shape = [numBlocks, blockSize, Hkv, D];
   const k: Tensor[] = [];
   const v: Tensor[] = [];
-  for (let l = 0; l < L; l++) {
-    k.push(new Tensor(all.storage, all.dtype, shape, all.offset + 2 * l * perTensor));
-    v.push(new Tensor(all.storage, all.dtype, shape, all.offset + (2 * l + 1) * perTensor));
+  try {
+    for (let l = 0; l < L; l++) {
+      k.push(backend.alloc(shape, backend.activationDType, "kv-cache", `kv cache layer ${l} keys`));
+      v.push(backend.alloc(shape, backend.activationDType, "kv-cache", `kv cache layer ${l} values`));
+    }
+  } catch (err) {
+    for (const t of [...k, ...v]) backend.free(t.storage);
+    throw err;
   }
   return { numBlocks, blockSize, k, v };
+}
+
+/** Give the KV cache's storages back to the backend. */
+export function freeKVCache(backend: Backend, kv: KVCache): void {
+  for (const t of [...kv.k, ...kv.v]) backend.free(t.storage);
 }
 
 /** Bytes one token of context takes in the KV cache, over all layers. */

@@ -42,6 +42,11 @@ export class CpuBackend implements Backend {
     const numel = shape.reduce((a, b) => a * b, 1);
     // Round up to 4 bytes so every storage can be viewed as f32/i32 too.
     const bytes = Math.ceil((numel * dtypeBytes(dtype)) / 4) * 4;
+    if (bytes >= 2 ** 32) {
+      throw new RangeError(
+        `CPU backend: "${label}" needs ${bytes} bytes in one buffer; a single buffer must stay under 4 GiB (lower the KV cache size or the batch limits)`,
+      );
+    }
     const sab = new SharedArrayBuffer(bytes);
     const storage: CpuStorage = {
       id: this.ledger.newId(),

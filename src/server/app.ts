@@ -1,0 +1,567 @@
+/**
+ * The OpenAI-compatible HTTP API (Fastify). It tokenizes, validates, streams
+ * and counts; it never touches tensors: requests go to the engine thread
+ * through the AsyncEngine.
+ */
+import { randomUUID } from "node:crypto";
+import type { ServerResponse } from "node:http";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import { type AsyncEngine, EngineDeadError, EngineRequestError } from "../engine/async-engine.js";
+import type { RequestOutput } from "../engine/engine-core.js";
+import type { TokenLogprob } from "../engine/sampler.js";
+import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
+import { ChatTemplateError } from "../tokenizer/chat-template.js";
+import type { Tokenizer } from "../tokenizer/tokenizer.js";
+import { ApiError, badParam } from "./errors.js";
+import type { Metrics } from "./metrics.js";
+import {
+  type ChatRequest,
+  type CommonRequest,
+  type CompletionRequest,
+  parseChatRequest,
+  parseCompletionRequest,
+  parseDetokenizeRequest,
+  parseTokenizeRequest,
+} from "./protocol.js";
+
+export interface AppOptions {
+  engine: AsyncEngine;
+  tokenizer: Tokenizer;
+  /** Names clients may use in `model`; the first is reported in responses. */
+  servedModelNames: string[];
+  metrics: Metrics;
+  apiKey?: string;
+  /** Requests allowed to wait beyond the running batch before new ones get 429. */
+  maxQueueLen?: number;
+  bodyLimit?: number;
+  version: string;
+  logger?: boolean;
+}
+
+export interface TokamakApp {
+  app: FastifyInstance;
+  /** Stop taking requests (503), wait for in-flight ones up to `timeoutMs`, abort the rest. */
+  drain(timeoutMs: number): Promise<{ drained: boolean; aborted: number }>;
+}
+
+interface Choice {
+  index: number;
+  text: string;
+  tokenIds: number[];
+  logprobs: { logprob: number; top?: TokenLogprob[] }[];
+  finishReason: string | null;
+  stopReason: number | string | null;
+}
+
+/** One sequence's timing, for the latency histograms. */
+interface Timing {
+  first: number;
+  last: number;
+}
+
+const now = () => performance.now();
+
+export function buildApp(o: AppOptions): TokamakApp {
+  const { engine, tokenizer, metrics } = o;
+  const info = engine.info;
+  const modelName = o.servedModelNames[0]!;
+  const capacity = info.config.maxNumSeqs + (o.maxQueueLen ?? 1024);
+  let draining = false;
+  const live = new Set<AbortController>();
+  const app = Fastify({ logger: o.logger ?? false, bodyLimit: o.bodyLimit ?? 32 * 2 ** 20, return503OnClosing: true });
+
+  engine.on("step", (_outputs, stats) => metrics.observeEngine(stats));
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, request, reply) => {
+    const e = toApiError(err, o.bodyLimit ?? 32 * 2 ** 20);
+    if (e.status >= 500) request.log.error(err);
+    void reply.code(e.status).headers(e.headers).send(e.body());
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const e = new ApiError(404, `no route ${request.method} ${request.url}; see /v1/models, /v1/completions, /v1/chat/completions`);
+    void reply.code(404).send(e.body());
+  });
+
+  app.addHook("onRequest", async (request) => {
+    if (o.apiKey && request.url.startsWith("/v1")) {
+      const auth = request.headers.authorization;
+      if (auth !== `Bearer ${o.apiKey}`) {
+        throw new ApiError(
+          401,
+          auth ? "incorrect API key provided" : "missing API key: send Authorization: Bearer <key>",
+          "authentication_error",
+          null,
+          "invalid_api_key",
+        );
+      }
+    }
+  });
+
+  app.get("/health", async (_req, reply) => {
+    if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable");
+    return reply.code(200).send();
+  });
+  app.get("/version", async () => ({ version: o.version }));
+  app.get("/metrics", async (_req, reply) => {
+    if (engine.lastStats) metrics.observeEngine(engine.lastStats);
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+  const created = Math.floor(Date.now() / 1000);
+  app.get("/v1/models", async () => ({
+    object: "list",
+    data: o.servedModelNames.map((id) => ({
+      id,
+      object: "model",
+      created,
+      owned_by: "tokamak",
+      root: info.modelDir,
+      parent: null,
+      max_model_len: info.maxModelLen,
+    })),
+  }));
+
+  app.post("/tokenize", async (request) => {
+    const t = parseTokenizeRequest(request.body);
+    const tokens = t.messages
+      ? encodeChat(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: undefined, chatTemplateKwargs: {} })
+      : tokenizer.encode(t.prompt!, { addSpecialTokens: t.addSpecialTokens });
+    return { count: tokens.length, max_model_len: info.maxModelLen, tokens };
+  });
+  app.post("/detokenize", async (request) => {
+    const ids = parseDetokenizeRequest(request.body);
+    const bad = ids.find((t) => t < 0 || t >= tokenizer.vocabSize);
+    if (bad !== undefined) throw badParam("tokens", `token id ${bad} is outside the vocabulary [0, ${tokenizer.vocabSize})`);
+    return { prompt: tokenizer.decode(ids, { skipSpecialTokens: false }) };
+  });
+
+  function encodeChat(
+    messages: ChatRequest["messages"],
+    c: Pick<ChatRequest, "addGenerationPrompt" | "tools" | "chatTemplateKwargs">,
+  ): number[] {
+    let text: string;
+    try {
+      text = tokenizer.applyChatTemplate(messages, {
+        addGenerationPrompt: c.addGenerationPrompt,
+        tools: c.tools,
+        extra: c.chatTemplateKwargs,
+      });
+    } catch (err) {
+      if (err instanceof ChatTemplateError) throw badParam("messages", err.message);
+      throw err;
+    }
+    return tokenizer.encode(text, { addSpecialTokens: false });
+  }
+
+  function checkModel(model: string | undefined): void {
+    if (model !== undefined && !o.servedModelNames.includes(model)) {
+      throw new ApiError(
+        404,
+        `the model "${model}" does not exist; this server serves ${o.servedModelNames.map((n) => `"${n}"`).join(", ")}`,
+        "not_found_error",
+        "model",
+        "model_not_found",
+      );
+    }
+  }
+
+  function admit(numRequests: number): void {
+    if (draining) throw new ApiError(503, "the server is shutting down", "service_unavailable", null, null, { "Retry-After": "5" });
+    if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable", null, null, { "Retry-After": "5" });
+    if (engine.numInFlight + numRequests > capacity) {
+      throw new ApiError(
+        429,
+        `the server is at capacity (${engine.numInFlight} requests in flight, limit ${capacity}); retry later`,
+        "rate_limit_exceeded",
+        null,
+        null,
+        {
+          "Retry-After": "1",
+        },
+      );
+    }
+  }
+
+  /** The request's sampling parameters, with max_tokens filling the context when not given (vLLM's default). */
+  function samplingFor(req: CommonRequest, promptLen: number, where: string): SamplingParams {
+    const max = info.maxModelLen;
+    if (promptLen >= max) {
+      throw badParam(
+        where,
+        `this model's maximum context length is ${max} tokens, but the ${where} has ${promptLen} tokens; at least one token must remain for the output`,
+      );
+    }
+    if (req.maxTokens !== undefined && promptLen + req.maxTokens > max) {
+      throw badParam(
+        "max_tokens",
+        `this model's maximum context length is ${max} tokens, but ${promptLen + req.maxTokens} were requested (${promptLen} in the ${where}, ${req.maxTokens} for the completion); reduce the length of the ${where} or max_tokens`,
+      );
+    }
+    const maxTokens = req.maxTokens ?? Math.min(max - promptLen, info.samplingDefaults.maxTokens ?? Infinity);
+    try {
+      return resolveSamplingParams({ ...req.sampling, maxTokens, logprobs: req.logprobs }, info.samplingDefaults);
+    } catch (err) {
+      if (err instanceof SamplingParamsError) throw badParam(err.param, err.message);
+      throw err;
+    }
+  }
+
+  /** Start every prompt's request in the engine; streams come back in prompt order. */
+  function launch(
+    prompts: number[][],
+    samplings: SamplingParams[],
+    prefix: string,
+    ac: AbortController,
+  ): { id: string; streams: AsyncIterable<RequestOutput>[]; timings: Map<string, Timing>; arrival: number } {
+    const id = `${prefix}-${randomUUID().replaceAll("-", "")}`;
+    const streams = prompts.map((p, i) =>
+      engine.generate({ requestId: prompts.length === 1 ? id : `${id}-${i}`, promptTokenIds: p, sampling: samplings[i]! }, ac.signal),
+    );
+    return { id, streams, timings: new Map(), arrival: now() };
+  }
+
+  function observe(o2: RequestOutput, key: string, timings: Map<string, Timing>, arrival: number): void {
+    const t = now();
+    const tm = timings.get(key);
+    if (!tm) timings.set(key, { first: t, last: t });
+    else {
+      metrics.observeInterToken((t - tm.last) / 1000);
+      tm.last = t;
+    }
+    if (o2.finished) {
+      const first = timings.get(key)!.first;
+      metrics.observeFinished({
+        reason: o2.finishReason ?? "stop",
+        ttft: (first - arrival) / 1000,
+        e2e: (t - arrival) / 1000,
+        queue: o2.queueMs === undefined ? undefined : o2.queueMs / 1000,
+        promptTokens: o2.numPromptTokens,
+        outputTokens: o2.numOutputTokens,
+      });
+    }
+  }
+
+  /** Merge the prompt streams into one, tagging each output with its prompt's position. */
+  async function* merged(streams: AsyncIterable<RequestOutput>[]): AsyncGenerator<[number, RequestOutput]> {
+    const its = streams.map((s) => s[Symbol.asyncIterator]());
+    const pending = new Map<number, Promise<[number, IteratorResult<RequestOutput>]>>();
+    const pull = (i: number) =>
+      pending.set(
+        i,
+        its[i]!.next().then((r) => [i, r] as [number, IteratorResult<RequestOutput>]),
+      );
+    its.forEach((_, i) => pull(i));
+    try {
+      while (pending.size > 0) {
+        const [i, r] = await Promise.race(pending.values());
+        if (r.done) {
+          pending.delete(i);
+          continue;
+        }
+        pull(i);
+        yield [i, r.value];
+      }
+    } finally {
+      for (const it of its) void it.return?.();
+    }
+  }
+
+  /** Abort the engine requests when the client goes away before the response is complete. */
+  function watchDisconnect(reply: FastifyReply, ac: AbortController): void {
+    live.add(ac);
+    reply.raw.on("close", () => {
+      live.delete(ac);
+      if (!reply.raw.writableFinished) ac.abort();
+    });
+  }
+
+  function tokenText(id: number): string {
+    return tokenizer.decode([id], { skipSpecialTokens: false });
+  }
+
+  function chatLogprobs(lps: Choice["logprobs"], ids: number[]) {
+    const entry = (token: number, logprob: number) => {
+      const text = tokenText(token);
+      return { token: text, logprob: Math.max(logprob, -9999), bytes: [...Buffer.from(text, "utf8")] };
+    };
+    return {
+      content: lps.map((lp, k) => ({ ...entry(ids[k]!, lp.logprob), top_logprobs: (lp.top ?? []).map((t) => entry(t.token, t.logprob)) })),
+    };
+  }
+
+  function completionLogprobs(lps: Choice["logprobs"], ids: number[], offset0: number) {
+    const tokens = ids.map(tokenText);
+    const textOffset: number[] = [];
+    let off = offset0;
+    for (const t of tokens) {
+      textOffset.push(off);
+      off += t.length;
+    }
+    return {
+      tokens,
+      token_logprobs: lps.map((l) => l.logprob),
+      top_logprobs: lps.map((l) => (l.top ? Object.fromEntries(l.top.map((t) => [tokenText(t.token), t.logprob])) : null)),
+      text_offset: textOffset,
+    };
+  }
+
+  function usage(promptTokens: number, completionTokens: number, cached: number) {
+    return {
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
+      ...(cached > 0 ? { prompt_tokens_details: { cached_tokens: cached } } : {}),
+    };
+  }
+
+  function sse(reply: FastifyReply): ServerResponse {
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+      "x-accel-buffering": "no",
+    });
+    return raw;
+  }
+  const send = (raw: ServerResponse, data: unknown) => {
+    if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
+  };
+  const end = (raw: ServerResponse) => {
+    if (!raw.writableEnded && !raw.destroyed) raw.end("data: [DONE]\n\n");
+  };
+  /** An error after the stream began: vLLM's way, as one data event, then [DONE]. */
+  const streamError = (raw: ServerResponse, err: unknown) => {
+    const e = toApiError(err as Error, 0);
+    send(raw, e.body());
+    end(raw);
+  };
+
+  app.post("/v1/chat/completions", async (request: FastifyRequest, reply: FastifyReply) => {
+    const req = parseChatRequest(request.body);
+    checkModel(req.model);
+    const prompt = encodeChat(req.messages, req);
+    const sampling = samplingFor(req, prompt.length, "messages");
+    admit(1);
+    const ac = new AbortController();
+    watchDisconnect(reply, ac);
+    const { id, streams, timings, arrival } = launch([prompt], [sampling], "chatcmpl", ac);
+    const createdAt = Math.floor(Date.now() / 1000);
+    const base = { id, object: "chat.completion.chunk", created: createdAt, model: modelName };
+    let completionTokens = 0;
+    let cached = 0;
+    if (req.stream) {
+      const raw = sse(reply);
+      const usageField = req.includeUsage ? { usage: null } : {};
+      try {
+        for (let i = 0; i < sampling.n; i++) {
+          send(raw, {
+            ...base,
+            choices: [{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }],
+            ...usageField,
+          });
+        }
+        for await (const [, out] of merged(streams)) {
+          observe(out, `${out.index}`, timings, arrival);
+          completionTokens += out.newTokenIds.length;
+          cached = out.numCachedTokens;
+          const lp = req.logprobs === null ? null : chatLogprobs(out.newLogprobs, out.newTokenIds);
+          if (out.newText === "" && !out.finished && lp === null) continue;
+          const delta = out.newText === "" && out.finished ? {} : { content: out.newText };
+          const choice = {
+            index: out.index,
+            delta,
+            logprobs: lp,
+            finish_reason: out.finished ? out.finishReason : null,
+            ...(out.finished ? { stop_reason: out.stopReason } : {}),
+          };
+          send(raw, { ...base, choices: [choice], ...usageField });
+        }
+        if (req.includeUsage) send(raw, { ...base, choices: [], usage: usage(prompt.length, completionTokens, cached) });
+        end(raw);
+      } catch (err) {
+        if (!ac.signal.aborted) streamError(raw, err);
+      }
+      return reply;
+    }
+    const choices: Choice[] = Array.from({ length: sampling.n }, (_, index) => ({
+      index,
+      text: "",
+      tokenIds: [],
+      logprobs: [],
+      finishReason: null,
+      stopReason: null,
+    }));
+    for await (const [, out] of merged(streams)) {
+      observe(out, `${out.index}`, timings, arrival);
+      accumulate(choices[out.index]!, out);
+      cached = out.numCachedTokens;
+    }
+    completionTokens = choices.reduce((n, c) => n + c.tokenIds.length, 0);
+    return {
+      id,
+      object: "chat.completion",
+      created: createdAt,
+      model: modelName,
+      choices: choices.map((c) => ({
+        index: c.index,
+        message: { role: "assistant", content: c.text, tool_calls: [] },
+        logprobs: req.logprobs === null ? null : chatLogprobs(c.logprobs, c.tokenIds),
+        finish_reason: c.finishReason,
+        stop_reason: c.stopReason,
+      })),
+      usage: usage(prompt.length, completionTokens, cached),
+    };
+  });
+
+  app.post("/v1/completions", async (request: FastifyRequest, reply: FastifyReply) => {
+    const req: CompletionRequest = parseCompletionRequest(request.body);
+    checkModel(req.model);
+    const prompts = req.prompts.map((p, i) => {
+      if (typeof p === "string") return tokenizer.encode(p);
+      const bad = p.find((t) => t < 0 || t >= info.vocabSize);
+      if (bad !== undefined)
+        throw badParam(
+          "prompt",
+          `prompt${req.prompts.length > 1 ? `[${i}]` : ""} has token id ${bad}, outside the vocabulary [0, ${info.vocabSize})`,
+        );
+      return p;
+    });
+    const samplings = prompts.map((p) => samplingFor(req, p.length, "prompt"));
+    const n = samplings[0]!.n;
+    admit(prompts.length);
+    const ac = new AbortController();
+    watchDisconnect(reply, ac);
+    const { id, streams, timings, arrival } = launch(prompts, samplings, "cmpl", ac);
+    const createdAt = Math.floor(Date.now() / 1000);
+    const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
+    const echoText = (i: number) =>
+      req.echo ? (typeof req.prompts[i] === "string" ? (req.prompts[i] as string) : tokenizer.decode(prompts[i]!)) : "";
+    const cachedBy = new Map<number, number>();
+    if (req.stream) {
+      const raw = sse(reply);
+      const base = { id, object: "text_completion", created: createdAt, model: modelName };
+      const usageField = req.includeUsage ? { usage: null } : {};
+      const offsets = new Map<number, number>();
+      let completionTokens = 0;
+      try {
+        if (req.echo) {
+          for (let p = 0; p < prompts.length; p++)
+            for (let i = 0; i < n; i++) {
+              offsets.set(p * n + i, echoText(p).length);
+              send(raw, {
+                ...base,
+                choices: [{ index: p * n + i, text: echoText(p), logprobs: null, finish_reason: null }],
+                ...usageField,
+              });
+            }
+        }
+        for await (const [p, out] of merged(streams)) {
+          const index = p * n + out.index;
+          observe(out, `${index}`, timings, arrival);
+          completionTokens += out.newTokenIds.length;
+          cachedBy.set(p, out.numCachedTokens);
+          const offset = offsets.get(index) ?? 0;
+          const lp = req.logprobs === null ? null : completionLogprobs(out.newLogprobs, out.newTokenIds, offset);
+          offsets.set(index, offset + out.newText.length);
+          if (out.newText === "" && !out.finished && lp === null) continue;
+          const choice = {
+            index,
+            text: out.newText,
+            logprobs: lp,
+            finish_reason: out.finished ? out.finishReason : null,
+            ...(out.finished ? { stop_reason: out.stopReason } : {}),
+          };
+          send(raw, { ...base, choices: [choice], ...usageField });
+        }
+        const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
+        if (req.includeUsage) send(raw, { ...base, choices: [], usage: usage(promptTokens, completionTokens, cached) });
+        end(raw);
+      } catch (err) {
+        if (!ac.signal.aborted) streamError(raw, err);
+      }
+      return reply;
+    }
+    const choices: Choice[] = [];
+    for (let p = 0; p < prompts.length; p++)
+      for (let i = 0; i < n; i++)
+        choices.push({ index: p * n + i, text: "", tokenIds: [], logprobs: [], finishReason: null, stopReason: null });
+    for await (const [p, out] of merged(streams)) {
+      const index = p * n + out.index;
+      observe(out, `${index}`, timings, arrival);
+      accumulate(choices[index]!, out);
+      cachedBy.set(p, out.numCachedTokens);
+    }
+    const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
+    return {
+      id,
+      object: "text_completion",
+      created: createdAt,
+      model: modelName,
+      choices: choices.map((c) => {
+        const p = Math.floor(c.index / n);
+        const echo = echoText(p);
+        return {
+          index: c.index,
+          text: echo + c.text,
+          logprobs: req.logprobs === null ? null : completionLogprobs(c.logprobs, c.tokenIds, echo.length),
+          finish_reason: c.finishReason,
+          stop_reason: c.stopReason,
+        };
+      }),
+      usage: usage(
+        promptTokens,
+        choices.reduce((s, c) => s + c.tokenIds.length, 0),
+        cached,
+      ),
+    };
+  });
+
+  async function drain(timeoutMs: number): Promise<{ drained: boolean; aborted: number }> {
+    draining = true;
+    const deadline = now() + timeoutMs;
+    while (engine.numInFlight > 0 && now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const aborted = live.size;
+    const drained = engine.numInFlight === 0;
+    for (const ac of live) ac.abort();
+    return { drained, aborted: drained ? 0 : aborted };
+  }
+
+  return { app, drain };
+}
+
+function accumulate(c: Choice, out: RequestOutput): void {
+  c.text += out.newText;
+  c.tokenIds.push(...out.newTokenIds);
+  c.logprobs.push(...out.newLogprobs);
+  if (out.finished) {
+    c.finishReason = out.finishReason;
+    c.stopReason = out.stopReason;
+  }
+}
+
+/** Any error → the status and OpenAI-shaped body a client should see (never a stack trace). */
+function toApiError(err: Error & { statusCode?: number; code?: string }, bodyLimit: number): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof SamplingParamsError) return badParam(err.param, err.message);
+  if (err instanceof EngineRequestError) {
+    if (err.kind === "AbortError") return new ApiError(499, err.message, "aborted");
+    return new ApiError(400, err.message);
+  }
+  if (err instanceof EngineDeadError) return new ApiError(503, err.message, "service_unavailable", null, null, { "Retry-After": "5" });
+  if (err.statusCode === 413)
+    return new ApiError(
+      413,
+      `the request body is larger than the limit of ${bodyLimit} bytes`,
+      "invalid_request_error",
+      "body",
+      "body_too_large",
+    );
+  if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE")
+    return new ApiError(415, "send the request body as JSON (Content-Type: application/json)", "invalid_request_error", "body");
+  if (err.statusCode === 400 && (err instanceof SyntaxError || err.code?.startsWith("FST_ERR_CTP"))) {
+    return new ApiError(400, `the request body is not valid JSON: ${err.message}`, "invalid_request_error", "body", "invalid_json");
+  }
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return new ApiError(err.statusCode, err.message);
+  return new ApiError(500, "internal server error; the server log has the details", "internal_server_error");
+}
