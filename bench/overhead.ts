@@ -7,32 +7,14 @@
  *
  *   npm run bench:overhead -- [--batches 1,64,256] [--steps 200] [--sampling greedy|random]
  */
-import { EngineCore, type StepExecutor } from "../src/engine/engine-core.js";
-import type { ScheduledSequence } from "../src/engine/model-runner.js";
+import { EngineCore } from "../src/engine/engine-core.js";
+import { NullExecutor } from "../src/engine/null-executor.js";
 import { resolveSamplingParams } from "../src/engine/sampling-params.js";
 import { Tokenizer } from "../src/tokenizer/tokenizer.js";
 import { qwen3TokenizerDir } from "../test/helpers/tiny-model.js";
 import { flag, machine, numFlag, rng, saveResult } from "./common.js";
 
 const VOCAB = 151936; // Qwen3's embedding rows
-
-/** Returns a fixed block of random logits: the "model" costs a subarray. */
-class FreeExecutor implements StepExecutor {
-  readonly vocabSize = VOCAB;
-  private logits: Float32Array;
-
-  constructor(maxRows: number) {
-    const r = rng(1);
-    this.logits = new Float32Array(maxRows * VOCAB);
-    // Mostly text-like token ids win, so the detokenizer does real work.
-    for (let i = 0; i < this.logits.length; i++) this.logits[i] = r() * 8;
-  }
-
-  execute(seqs: readonly ScheduledSequence[]): Float32Array {
-    const n = seqs.reduce((k, s) => k + (s.wantLogits ? 1 : 0), 0);
-    return this.logits.subarray(0, n * VOCAB);
-  }
-}
 
 const batches = flag("batches", "1,64,256").split(",").map(Number);
 const steps = numFlag("steps", 200);
@@ -41,7 +23,7 @@ if (mode !== "greedy" && mode !== "random") throw new Error(`--sampling must be 
 const tokenizer = Tokenizer.fromDir(qwen3TokenizerDir());
 const rows = [];
 for (const batch of batches) {
-  const executor = new FreeExecutor(batch);
+  const executor = new NullExecutor(VOCAB, batch);
   const promptLen = 128;
   const maxModelLen = promptLen + steps + 8;
   const numBlocks = Math.ceil(maxModelLen / 16) * batch + 16;

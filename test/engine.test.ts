@@ -191,6 +191,12 @@ describe("engine on a real model", () => {
       assert.equal(s.numRunning + s.numWaiting, 0);
       assert.equal(s.numFreeBlocks, s.numBlocks, "aborted requests leaked blocks");
       assert.equal(llm.core.kv.numOwners, 0);
+      assert.ok(s.numPreemptions > 0, "the mix should include preempted requests");
+      assert.deepEqual(
+        llm.core.kv.pool.blocks.filter((b) => b.refCount !== 0).map((b) => b.id),
+        [],
+        "every reference count is back to zero",
+      );
     } finally {
       llm.close();
     }

@@ -92,6 +92,7 @@ interface ServeFlags {
   maxQueueLen: number;
   shutdownTimeout: number;
   device: string;
+  stubModel: boolean;
 }
 
 /** "4GiB", "512MiB", "2G", "1e9": a byte count. */
@@ -120,6 +121,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
     apiKey: flags.apiKey ?? process.env.TOKAMAK_API_KEY,
     servedModelName: flags.servedModelName,
     maxQueueLen: flags.maxQueueLen,
+    stubModel: flags.stubModel,
     onProgress: bar,
     engine: {
       maxModelLen: flags.maxModelLen,
@@ -205,6 +207,7 @@ export function buildProgram(): Command {
     .option("--max-queue-len <n>", "requests that may wait beyond the running batch before 429", intArg("--max-queue-len", 0), 1024)
     .option("--shutdown-timeout <s>", "seconds to drain in-flight requests on SIGTERM", intArg("--shutdown-timeout", 0), 30)
     .option("--device <device>", "auto, cpu or cuda", "auto")
+    .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
   return program;
 }

@@ -6,6 +6,8 @@ import type { SamplingParams } from "./sampling-params.js";
 export interface WorkerInit {
   modelDir: string;
   options: Omit<EngineOptions, "onProgress">;
+  /** Run the engine on a model that costs nothing (config and tokenizer only, no weights): for measuring the engine and server themselves. */
+  stubModel?: boolean;
 }
 
 /** What the client learns about the loaded model and engine once the worker is ready. */
@@ -23,6 +25,8 @@ export interface EngineInfo {
   /** Bytes of one token's K and V over all layers. */
   kvBytesPerToken: number;
   weightBytes: number;
+  /** Whether this engine runs a stub model (no weights, free logits). */
+  stubModel: boolean;
 }
 
 export type ToWorker =

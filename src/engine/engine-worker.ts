@@ -6,7 +6,12 @@
  */
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
+import { loadConfig } from "../model/config.js";
+import { loadGenerationDefaults } from "../model/generation-config.js";
 import { kvBytesPerToken } from "../model/llama.js";
+import { Tokenizer } from "../tokenizer/tokenizer.js";
+import { EngineCore, type EngineConfig } from "./engine-core.js";
+import { NullExecutor } from "./null-executor.js";
 import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from "./engine-protocol.js";
 import { LLM } from "./llm.js";
 
@@ -14,37 +19,92 @@ if (!parentPort) throw new Error("engine-worker.js runs as a worker thread; use 
 const port: MessagePort = parentPort;
 const post = (m: FromWorker) => port.postMessage(m);
 
+interface Session {
+  core: EngineCore;
+  info: EngineInfo;
+  close(): void;
+}
+
+function openModel(init: WorkerInit): Session {
+  let last = 0;
+  const llm = LLM.open(init.modelDir, {
+    ...init.options,
+    onProgress: (done, total) => {
+      const now = Date.now();
+      if (now - last > 100 || done === total) post({ type: "progress", done, total });
+      last = now;
+    },
+  });
+  const memory = llm.backend.memoryStats();
+  return {
+    core: llm.core,
+    close: () => llm.close(),
+    info: {
+      modelDir: init.modelDir,
+      architecture: llm.loaded.config.architecture,
+      maxModelLen: llm.loaded.maxModelLen,
+      vocabSize: llm.loaded.config.vocabSize,
+      eosTokenIds: [...llm.core.eosTokenIds],
+      samplingDefaults: llm.samplingDefaults,
+      config: llm.core.config,
+      backend: llm.backend.name,
+      threads: "threads" in llm.backend ? (llm.backend.threads as number) : 1,
+      kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend),
+      weightBytes: memory.byTag.weights,
+      stubModel: false,
+    },
+  };
+}
+
+/** The engine over a NullExecutor: the model's config and tokenizer, no weights, no forward pass. */
+function openStub(init: WorkerInit): Session {
+  const o = init.options;
+  const config = loadConfig(init.modelDir);
+  const tokenizer = Tokenizer.fromDir(init.modelDir);
+  const gen = loadGenerationDefaults(init.modelDir);
+  const maxModelLen = o.maxModelLen ?? config.maxPositionEmbeddings;
+  const maxNumSeqs = o.maxNumSeqs ?? 256;
+  const engineConfig: EngineConfig = {
+    blockSize: o.blockSize ?? 16,
+    numBlocks: o.numBlocks ?? Math.ceil(maxModelLen / (o.blockSize ?? 16)) * 4 + maxNumSeqs * 64,
+    enablePrefixCaching: o.enablePrefixCaching ?? true,
+    maxNumBatchedTokens: o.maxNumBatchedTokens ?? 8192,
+    maxNumSeqs,
+    maxModelLen,
+    policy: o.policy ?? "fcfs",
+  };
+  const eos = [...new Set([...tokenizer.eosTokenIds, ...gen.eosTokenIds, ...config.eosTokenIds])];
+  const core = new EngineCore(new NullExecutor(config.vocabSize, maxNumSeqs), engineConfig, eos, tokenizer);
+  if (o.seed !== undefined) core.seed(o.seed);
+  return {
+    core,
+    close: () => undefined,
+    info: {
+      modelDir: init.modelDir,
+      architecture: config.architecture,
+      maxModelLen,
+      vocabSize: config.vocabSize,
+      eosTokenIds: eos,
+      samplingDefaults: o.ignoreGenerationConfig ? {} : gen.sampling,
+      config: engineConfig,
+      backend: "stub (no model)",
+      threads: 1,
+      kvBytesPerToken: 0,
+      weightBytes: 0,
+      stubModel: true,
+    },
+  };
+}
+
 async function main(init: WorkerInit): Promise<void> {
-  let llm: LLM;
+  let session: Session;
   try {
-    let last = 0;
-    llm = LLM.open(init.modelDir, {
-      ...init.options,
-      onProgress: (done, total) => {
-        const now = Date.now();
-        if (now - last > 100 || done === total) post({ type: "progress", done, total });
-        last = now;
-      },
-    });
+    session = init.stubModel ? openStub(init) : openModel(init);
   } catch (err) {
     post({ type: "failed", message: (err as Error).message });
     return;
   }
-  const core = llm.core;
-  const memory = llm.backend.memoryStats();
-  const info: EngineInfo = {
-    modelDir: init.modelDir,
-    architecture: llm.loaded.config.architecture,
-    maxModelLen: llm.loaded.maxModelLen,
-    vocabSize: llm.loaded.config.vocabSize,
-    eosTokenIds: [...core.eosTokenIds],
-    samplingDefaults: llm.samplingDefaults,
-    config: core.config,
-    backend: llm.backend.name,
-    threads: "threads" in llm.backend ? (llm.backend.threads as number) : 1,
-    kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend),
-    weightBytes: memory.byTag.weights,
-  };
+  const { core, info } = session;
 
   const inbox: ToWorker[] = [];
   let wake: (() => void) | null = null;
@@ -73,7 +133,7 @@ async function main(init: WorkerInit): Promise<void> {
           post({ type: "stats", id: m.id, stats: core.stats() });
           break;
         case "shutdown":
-          llm.close();
+          session.close();
           post({ type: "closed" });
           port.close();
           return;

@@ -222,8 +222,10 @@ export function buildApp(o: AppOptions): TokamakApp {
   function observe(o2: RequestOutput, key: string, timings: Map<string, Timing>, arrival: number): void {
     const t = now();
     const tm = timings.get(key);
-    if (!tm) timings.set(key, { first: t, last: t });
-    else {
+    if (!tm) {
+      timings.set(key, { first: t, last: t });
+      if (o2.index === 0) metrics.observePrompt(o2.numPromptTokens);
+    } else {
       metrics.observeInterToken((t - tm.last) / 1000);
       tm.last = t;
     }

@@ -82,7 +82,6 @@ export class Metrics {
     inc(this.prefixQueries, s.prefixCacheQueries, p?.prefixCacheQueries);
     inc(this.prefixHits, s.prefixCacheHits, p?.prefixCacheHits);
     inc(this.preemptions, s.numPreemptions, p?.numPreemptions);
-    inc(this.promptTokens, s.promptTokens, p?.promptTokens);
     inc(this.generationTokens, s.generationTokens, p?.generationTokens);
     this.last = s;
   }
@@ -103,6 +102,11 @@ export class Metrics {
     if (o.queue !== undefined && o.queue >= 0) this.queue.observe(l, o.queue);
     this.promptLen.observe(l, o.promptTokens);
     this.genLen.observe(l, o.outputTokens);
+  }
+
+  /** A request's prompt, counted once when its first token comes out (cached tokens included, as vLLM counts). */
+  observePrompt(tokens: number): void {
+    this.promptTokens.inc(this.labels, tokens);
   }
 
   observeInterToken(seconds: number): void {

@@ -15,6 +15,8 @@ export interface ServeOptions {
   servedModelName?: string[];
   maxQueueLen?: number;
   engine?: EngineOptions;
+  /** Serve a stub model that costs nothing (config and tokenizer only): measures the server and engine themselves. */
+  stubModel?: boolean;
   logger?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
@@ -32,7 +34,7 @@ export const VERSION = (JSON.parse(readFileSync(new URL("../../../package.json",
 
 export async function startServer(modelDir: string, o: ServeOptions = {}): Promise<RunningServer> {
   const tokenizer = Tokenizer.fromDir(modelDir);
-  const engine = await AsyncEngine.start(modelDir, { ...o.engine, onProgress: o.onProgress });
+  const engine = await AsyncEngine.start(modelDir, { ...o.engine, onProgress: o.onProgress }, { stubModel: o.stubModel });
   try {
     const names = o.servedModelName && o.servedModelName.length > 0 ? o.servedModelName : [basename(resolve(modelDir))];
     const metrics = new Metrics(names[0]!, engine.info.maxModelLen);
