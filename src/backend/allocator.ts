@@ -1,6 +1,21 @@
 import type { MemoryTag, Storage } from "./tensor.js";
 import { MEMORY_TAGS } from "./tensor.js";
 
+/** One live allocation, for memory maps. */
+export interface AllocationInfo {
+  tag: MemoryTag;
+  label: string;
+  bytes: number;
+}
+
+/** Where the device's memory goes: the allocator's view and the device's own. */
+export interface MemoryReport {
+  stats: MemoryStats;
+  allocations: AllocationInfo[];
+  /** The device's own figures (on CPU: the machine's RAM). */
+  device: { name: string; totalBytes: number; freeBytes: number };
+}
+
 export interface MemoryStats {
   /** Bytes currently allocated, by tag. */
   byTag: Record<MemoryTag, number>;

@@ -1,4 +1,4 @@
-import type { MemoryStats } from "./allocator.js";
+import type { MemoryReport, MemoryStats } from "./allocator.js";
 import type { DType } from "./dtype.js";
 import type { MemoryTag, Storage, Tensor } from "./tensor.js";
 
@@ -50,6 +50,8 @@ export interface Backend {
   /** Read a tensor back as f32 (floats) or i32 values. */
   read(src: Tensor): Float32Array;
   memoryStats(): MemoryStats;
+  /** Every live allocation with its tag and label, plus the device's own free/total. */
+  memoryReport(): MemoryReport;
 
   /** out[t] = table[ids[t]] */
   embedding(out: Tensor, ids: Tensor, table: Tensor): void;

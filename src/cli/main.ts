@@ -7,6 +7,7 @@ import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { progressBar } from "./progress.js";
 import { startServer, VERSION } from "../server/serve.js";
+import { registerPlan } from "./plan.js";
 
 const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -99,7 +100,7 @@ interface ServeFlags {
 export function parseBytes(v: string): number {
   const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(i?)b?\s*$/i.exec(v);
   if (!m) throw new InvalidArgumentError(`expected a size such as 4GiB, 512MiB or 1e9, got "${v}"`);
-  const unit = "kmgt".indexOf(m[2]!.toLowerCase()) + 1;
+  const unit = m[2] ? "kmgt".indexOf(m[2].toLowerCase()) + 1 : 0;
   const base = m[3] || m[2] === "" ? 1024 : 1000;
   const bytes = Math.floor(Number(m[1]) * base ** unit);
   if (!(bytes > 0)) throw new InvalidArgumentError(`the size must be positive, got "${v}"`);
@@ -209,6 +210,7 @@ export function buildProgram(): Command {
     .option("--device <device>", "auto, cpu or cuda", "auto")
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
+  registerPlan(program, parseBytes, intArg);
   return program;
 }
 

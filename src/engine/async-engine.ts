@@ -7,7 +7,7 @@
 import { EventEmitter } from "node:events";
 import { Worker } from "node:worker_threads";
 import type { AddRequest, EngineStats, RequestOutput } from "./engine-core.js";
-import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from "./engine-protocol.js";
+import type { EngineInfo, FromWorker, Snapshot, ToWorker, WorkerInit } from "./engine-protocol.js";
 import type { EngineOptions } from "./llm.js";
 
 export class EngineRequestError extends Error {
@@ -66,6 +66,7 @@ export interface AsyncEngineEvents {
 export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
   private streams = new Map<string, Stream>();
   private statsWaiters = new Map<number, (s: EngineStats) => void>();
+  private snapshotWaiters = new Map<number, (s: Snapshot) => void>();
   private nextStatsId = 0;
   private dead: Error | null = null;
   private closing: Promise<void> | null = null;
@@ -134,6 +135,11 @@ export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
         s?.fail(new EngineRequestError(m.message, m.name));
         break;
       }
+      case "snapshot":
+        this.lastStats = m.snapshot.engine.stats;
+        this.snapshotWaiters.get(m.id)?.(m.snapshot);
+        this.snapshotWaiters.delete(m.id);
+        break;
       case "stats":
         this.lastStats = m.stats;
         this.statsWaiters.get(m.id)?.(m.stats);
@@ -211,6 +217,16 @@ export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
     return new Promise((resolve) => {
       this.statsWaiters.set(id, resolve);
       this.send({ type: "stats", id });
+    });
+  }
+
+  /** Every KV block's state, every live request, and where the memory goes. */
+  snapshot(): Promise<Snapshot> {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.nextStatsId++;
+    return new Promise((resolve) => {
+      this.snapshotWaiters.set(id, resolve);
+      this.send({ type: "snapshot", id });
     });
   }
 

@@ -61,6 +61,29 @@ export interface EngineStats {
   generationTokens: number;
 }
 
+/** One live request, as the dashboard shows it. */
+export interface RequestSnapshot {
+  /** The sequence id (`req#1` for the second of n). */
+  id: string;
+  state: "running" | "waiting" | "preempted";
+  promptTokens: number;
+  outputTokens: number;
+  cachedTokens: number;
+  numPreemptions: number;
+  blocks: number[];
+  ageMs: number;
+}
+
+/** The engine's state at one instant: every KV block's state and every live request. */
+export interface EngineSnapshot {
+  blockSize: number;
+  numBlocks: number;
+  /** Per block, base64 of one byte each: 0 free, 1 free but holding a cached prefix, 2 in use. */
+  blockStates: string;
+  requests: RequestSnapshot[];
+  stats: EngineStats;
+}
+
 interface Tracked {
   request: Request;
   index: number;
@@ -211,6 +234,30 @@ export class EngineCore {
     const id = ids.length === 1 ? ids[0]! : `${o.requestId}#${o.index}`;
     this.tracked.delete(id);
     if (ids.every((c) => !this.tracked.has(c))) this.children.delete(o.requestId);
+  }
+
+  snapshot(): EngineSnapshot {
+    const pool = this.kv.pool;
+    const states = new Uint8Array(pool.numBlocks);
+    for (const b of pool.blocks) states[b.id] = b.refCount > 0 ? 2 : b.hash !== null ? 1 : 0;
+    const now = performance.now();
+    const describe = (r: Request): RequestSnapshot => ({
+      id: r.requestId,
+      state: r.status === "running" ? "running" : r.numPreemptions > 0 ? "preempted" : "waiting",
+      promptTokens: r.promptTokenIds.length,
+      outputTokens: r.numOutputTokens,
+      cachedTokens: r.numCachedTokens,
+      numPreemptions: r.numPreemptions,
+      blocks: this.kv.blockIds(r.requestId),
+      ageMs: now - r.arrivalTime,
+    });
+    return {
+      blockSize: this.kv.blockSize,
+      numBlocks: pool.numBlocks,
+      blockStates: Buffer.from(states.buffer, states.byteOffset, states.byteLength).toString("base64"),
+      requests: [...this.scheduler.running.map(describe), ...this.scheduler.waiting.map(describe)],
+      stats: this.stats(),
+    };
   }
 
   stats(): EngineStats {

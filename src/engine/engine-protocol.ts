@@ -1,5 +1,6 @@
 /** Messages between the async engine client (main thread) and the engine worker thread. */
-import type { AddRequest, EngineConfig, EngineStats, RequestOutput } from "./engine-core.js";
+import type { MemoryReport } from "../backend/allocator.js";
+import type { AddRequest, EngineConfig, EngineSnapshot, EngineStats, RequestOutput } from "./engine-core.js";
 import type { EngineOptions } from "./llm.js";
 import type { SamplingParams } from "./sampling-params.js";
 
@@ -25,12 +26,23 @@ export interface EngineInfo {
   /** Bytes of one token's K and V over all layers. */
   kvBytesPerToken: number;
   weightBytes: number;
+  /** The activation arena: bytes with buffer reuse (what is allocated) and what the buffers would take without it. */
+  arena: { bytes: number; unsharedBytes: number };
   /** Whether this engine runs a stub model (no weights, free logits). */
   stubModel: boolean;
 }
 
 export type ToWorker =
-  { type: "add"; request: AddRequest } | { type: "abort"; requestId: string } | { type: "stats"; id: number } | { type: "shutdown" };
+  | { type: "add"; request: AddRequest }
+  | { type: "abort"; requestId: string }
+  | { type: "stats"; id: number }
+  | { type: "snapshot"; id: number }
+  | { type: "shutdown" };
+
+export interface Snapshot {
+  engine: EngineSnapshot;
+  memory: MemoryReport;
+}
 
 export type FromWorker =
   | { type: "progress"; done: number; total: number }
@@ -40,4 +52,5 @@ export type FromWorker =
   /** A request the core refused (bad length, ...) or that failed in a step: its stream ends with this error. */
   | { type: "rejected"; requestId: string; message: string; name: string }
   | { type: "stats"; id: number; stats: EngineStats }
+  | { type: "snapshot"; id: number; snapshot: Snapshot }
   | { type: "closed" };

@@ -4,8 +4,10 @@
  * to the event loop between steps so messages are seen every step. The main
  * thread (HTTP, tokenizing, streaming) never waits on a forward pass.
  */
+import { freemem, totalmem } from "node:os";
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
+import type { MemoryReport } from "../backend/allocator.js";
 import { loadConfig } from "../model/config.js";
 import { loadGenerationDefaults } from "../model/generation-config.js";
 import { kvBytesPerToken } from "../model/llama.js";
@@ -22,6 +24,7 @@ const post = (m: FromWorker) => port.postMessage(m);
 interface Session {
   core: EngineCore;
   info: EngineInfo;
+  memory(): MemoryReport;
   close(): void;
 }
 
@@ -38,6 +41,7 @@ function openModel(init: WorkerInit): Session {
   const memory = llm.backend.memoryStats();
   return {
     core: llm.core,
+    memory: () => llm.backend.memoryReport(),
     close: () => llm.close(),
     info: {
       modelDir: init.modelDir,
@@ -51,6 +55,7 @@ function openModel(init: WorkerInit): Session {
       threads: "threads" in llm.backend ? (llm.backend.threads as number) : 1,
       kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend),
       weightBytes: memory.byTag.weights,
+      arena: { bytes: llm.loaded.model.arenaPlan.totalBytes, unsharedBytes: llm.loaded.model.arenaPlan.unsharedBytes },
       stubModel: false,
     },
   };
@@ -78,6 +83,11 @@ function openStub(init: WorkerInit): Session {
   if (o.seed !== undefined) core.seed(o.seed);
   return {
     core,
+    memory: () => ({
+      stats: { byTag: { weights: 0, "kv-cache": 0, activations: 0, workspace: 0, other: 0 }, total: 0, peak: 0, allocations: 0 },
+      allocations: [],
+      device: { name: "stub (no model)", totalBytes: totalmem(), freeBytes: freemem() },
+    }),
     close: () => undefined,
     info: {
       modelDir: init.modelDir,
@@ -91,6 +101,7 @@ function openStub(init: WorkerInit): Session {
       threads: 1,
       kvBytesPerToken: 0,
       weightBytes: 0,
+      arena: { bytes: 0, unsharedBytes: 0 },
       stubModel: true,
     },
   };
@@ -131,6 +142,9 @@ async function main(init: WorkerInit): Promise<void> {
           break;
         case "stats":
           post({ type: "stats", id: m.id, stats: core.stats() });
+          break;
+        case "snapshot":
+          post({ type: "snapshot", id: m.id, snapshot: { engine: core.snapshot(), memory: session.memory() } });
           break;
         case "shutdown":
           session.close();

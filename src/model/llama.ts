@@ -61,6 +61,43 @@ interface Activations {
   logits: Tensor;
 }
 
+/**
+ * The forward pass's activation buffers: shape, and the first and last op that
+ * use each. Op indices of one layer (the same plan serves every layer): 1 norm,
+ * 2 qkv, 3 rope, 4 attention, 5 o_proj, 6 norm, 7 gate_up, 8 silu·mul, 9 down;
+ * the tail gathers, norms and projects the last rows.
+ */
+export function activationShapes(config: ModelConfig, limits: ModelLimits): Record<keyof Activations, [number[], number, number]> {
+  const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I, vocabSize: V } = config;
+  const T = limits.maxNumTokens;
+  const S = limits.maxNumLogits;
+  return {
+    residual: [[T, H], 0, 99],
+    mlpOut: [[T, H], 0, 99],
+    normed: [[T, H], 1, 7],
+    qkv: [[T, (Hq + 2 * Hkv) * D], 2, 4],
+    attn: [[T, Hq * D], 4, 5],
+    attnOut: [[T, H], 5, 6],
+    gateUp: [[T, 2 * I], 7, 8],
+    act: [[T, I], 8, 9],
+    lastDelta: [[S, H], 10, 12],
+    lastResidual: [[S, H], 11, 12],
+    lastNormed: [[S, H], 12, 13],
+    logits: [[S, V], 0, 99],
+  };
+}
+
+/** The activation arena for these limits: what is allocated (with buffer reuse) and what it would be without. */
+export function planActivations(config: ModelConfig, limits: ModelLimits, elementBytes: number): ArenaPlan {
+  const requests: BufferRequest[] = Object.entries(activationShapes(config, limits)).map(([name, [shape, first, last]]) => ({
+    name,
+    bytes: shape.reduce((a, b) => a * b, 1) * elementBytes,
+    first,
+    last,
+  }));
+  return planArena(requests);
+}
+
 export class LlamaModel {
   readonly arenaPlan: ArenaPlan;
   private acts: Activations;
@@ -75,35 +112,12 @@ export class LlamaModel {
     readonly rope: RopeTable,
     readonly limits: ModelLimits,
   ) {
-    const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: D, intermediateSize: I, vocabSize: V } = config;
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: D } = config;
     this.qkvDim = (Hq + 2 * Hkv) * D;
     this.scale = 1 / Math.sqrt(D);
-    const T = limits.maxNumTokens;
-    const S = limits.maxNumLogits;
-    // Op indices of one layer (the same plan serves every layer): 1 norm, 2 qkv, 3 rope, 4 attention,
-    // 5 o_proj, 6 norm, 7 gate_up, 8 silu·mul, 9 down; the tail gathers, norms and projects the last rows.
-    const shapes: Record<keyof Activations, [number[], number, number]> = {
-      residual: [[T, H], 0, 99],
-      mlpOut: [[T, H], 0, 99],
-      normed: [[T, H], 1, 7],
-      qkv: [[T, this.qkvDim], 2, 4],
-      attn: [[T, Hq * D], 4, 5],
-      attnOut: [[T, H], 5, 6],
-      gateUp: [[T, 2 * I], 7, 8],
-      act: [[T, I], 8, 9],
-      lastDelta: [[S, H], 10, 12],
-      lastResidual: [[S, H], 11, 12],
-      lastNormed: [[S, H], 12, 13],
-      logits: [[S, V], 0, 99],
-    };
     const elt = dtypeBytes(backend.activationDType);
-    const requests: BufferRequest[] = Object.entries(shapes).map(([name, [shape, first, last]]) => ({
-      name,
-      bytes: shape.reduce((a, b) => a * b, 1) * elt,
-      first,
-      last,
-    }));
-    this.arenaPlan = planArena(requests);
+    const shapes = activationShapes(config, limits);
+    this.arenaPlan = planActivations(config, limits, elt);
     const arena = backend.alloc([this.arenaPlan.totalBytes / elt], backend.activationDType, "activations", "activation arena");
     this.arena = arena;
     const view = (name: string, shape: number[]) =>

@@ -12,6 +12,7 @@ import type { TokenLogprob } from "../engine/sampler.js";
 import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
 import { ChatTemplateError } from "../tokenizer/chat-template.js";
 import type { Tokenizer } from "../tokenizer/tokenizer.js";
+import { registerDashboard, SlidingWindow } from "./dashboard.js";
 import { ApiError, badParam } from "./errors.js";
 import type { Metrics } from "./metrics.js";
 import {
@@ -82,20 +83,20 @@ export function buildApp(o: AppOptions): TokamakApp {
     void reply.code(404).send(e.body());
   });
 
-  app.addHook("onRequest", async (request) => {
-    if (o.apiKey && request.url.startsWith("/v1")) {
-      const auth = request.headers.authorization;
-      if (auth !== `Bearer ${o.apiKey}`) {
-        throw new ApiError(
-          401,
-          auth ? "incorrect API key provided" : "missing API key: send Authorization: Bearer <key>",
-          "authentication_error",
-          null,
-          "invalid_api_key",
-        );
-      }
+  const authorize = (headers: Record<string, string | string[] | undefined>) => {
+    if (!o.apiKey) return;
+    const auth = headers.authorization;
+    if (auth !== `Bearer ${o.apiKey}`) {
+      const message = auth ? "incorrect API key provided" : "missing API key: send Authorization: Bearer <key>";
+      throw new ApiError(401, message, "authentication_error", null, "invalid_api_key");
     }
+  };
+  app.addHook("onRequest", async (request) => {
+    if (request.url.startsWith("/v1")) authorize(request.headers);
   });
+  const ttftWindow = new SlidingWindow();
+  const itlWindow = new SlidingWindow();
+  registerDashboard(app, { engine, modelName, ttft: ttftWindow, itl: itlWindow, authorize });
 
   app.get("/health", async (_req, reply) => {
     if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable");
@@ -227,10 +228,12 @@ export function buildApp(o: AppOptions): TokamakApp {
       if (o2.index === 0) metrics.observePrompt(o2.numPromptTokens);
     } else {
       metrics.observeInterToken((t - tm.last) / 1000);
+      itlWindow.add(t - tm.last, t);
       tm.last = t;
     }
     if (o2.finished) {
       const first = timings.get(key)!.first;
+      ttftWindow.add(first - arrival, t);
       metrics.observeFinished({
         reason: o2.finishReason ?? "stop",
         ttft: (first - arrival) / 1000,

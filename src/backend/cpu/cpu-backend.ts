@@ -1,4 +1,5 @@
-import { MemoryLedger, type MemoryStats } from "../allocator.js";
+import { cpus, freemem, totalmem } from "node:os";
+import { MemoryLedger, type MemoryReport, type MemoryStats } from "../allocator.js";
 import type { AttentionMetadata, Backend, RopeTable } from "../backend.js";
 import { type DType, dtypeBytes, encodeFloats, f16ToF32Table } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
@@ -68,6 +69,14 @@ export class CpuBackend implements Backend {
 
   memoryStats(): MemoryStats {
     return this.ledger.stats();
+  }
+
+  memoryReport(): MemoryReport {
+    return {
+      stats: this.ledger.stats(),
+      allocations: this.ledger.storages().map((s) => ({ tag: s.tag, label: s.label, bytes: s.bytes })),
+      device: { name: `CPU (${cpus().length} cores)`, totalBytes: totalmem(), freeBytes: freemem() },
+    };
   }
 
   writeBytes(dst: Tensor, bytes: Uint8Array): void {

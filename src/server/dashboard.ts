@@ -1,0 +1,194 @@
+/**
+ * The live memory dashboard: `GET /dashboard` (a self-contained page),
+ * `GET /dashboard/events` (a server-sent stream of snapshots) and
+ * `GET /v1/admin/memory` (the same snapshot as JSON).
+ */
+import type { FastifyInstance } from "fastify";
+import type { AllocationInfo } from "../backend/allocator.js";
+import type { AsyncEngine } from "../engine/async-engine.js";
+import type { RequestSnapshot } from "../engine/engine-core.js";
+import { DASHBOARD_HTML } from "./dashboard-page.js";
+
+/** Timestamped samples kept for a sliding window, for percentiles "over the last minute". */
+export class SlidingWindow {
+  private times: number[] = [];
+  private values: number[] = [];
+
+  constructor(readonly windowMs = 60_000) {}
+
+  add(value: number, t = performance.now()): void {
+    this.times.push(t);
+    this.values.push(value);
+    if (this.times.length > 4096 && this.times[0]! < t - this.windowMs) this.trim(t);
+  }
+
+  private trim(t: number): void {
+    let i = 0;
+    while (i < this.times.length && this.times[i]! < t - this.windowMs) i++;
+    this.times.splice(0, i);
+    this.values.splice(0, i);
+  }
+
+  /** Percentiles (p in [0, 100]) of the samples in the window, in the unit they were added. */
+  percentiles(ps: number[], t = performance.now()): { count: number; values: Record<string, number | null> } {
+    this.trim(t);
+    const sorted = [...this.values].sort((a, b) => a - b);
+    const values: Record<string, number | null> = {};
+    for (const p of ps) {
+      values[`p${p}`] =
+        sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+    }
+    return { count: sorted.length, values };
+  }
+}
+
+export interface MemoryGroup {
+  name: string;
+  tag: string;
+  bytes: number;
+  count: number;
+}
+
+/** Allocations grouped for a memory map: weights by layer, the rest by label family. */
+export function groupAllocations(allocs: readonly AllocationInfo[]): MemoryGroup[] {
+  const groups = new Map<string, MemoryGroup>();
+  for (const a of allocs) {
+    const layer = /layers\.(\d+)\./.exec(a.label) ?? /layer (\d+)/.exec(a.label);
+    let name: string;
+    if (a.tag === "weights") {
+      if (layer) name = `layer ${layer[1]}`;
+      else if (/embed/.test(a.label)) name = "embeddings";
+      else if (/lm_head/.test(a.label)) name = "lm_head";
+      else if (/rope/.test(a.label)) name = "rotary tables";
+      else name = "other weights";
+    } else if (a.tag === "kv-cache") name = layer ? `kv layer ${layer[1]}` : "kv cache";
+    else name = a.label.replace(/\d+/g, "#");
+    const key = `${a.tag}/${name}`;
+    const g = groups.get(key) ?? { name, tag: a.tag, bytes: 0, count: 0 };
+    g.bytes += a.bytes;
+    g.count++;
+    groups.set(key, g);
+  }
+  return [...groups.values()];
+}
+
+export interface DashboardDeps {
+  engine: AsyncEngine;
+  modelName: string;
+  ttft: SlidingWindow;
+  itl: SlidingWindow;
+  /** Checks the API key the way the API does; throws an ApiError when it is wrong. */
+  authorize(headers: Record<string, string | string[] | undefined>): void;
+  /** Snapshots per second on the event stream. */
+  updateHz?: number;
+}
+
+/** The snapshot the dashboard draws and /v1/admin/memory returns. */
+export async function buildSnapshot(d: DashboardDeps, rates: RateTracker) {
+  const { engine: eng, memory } = await d.engine.snapshot();
+  const info = d.engine.info;
+  const states = Buffer.from(eng.blockStates, "base64");
+  let used = 0;
+  let cached = 0;
+  for (const s of states) {
+    if (s === 2) used++;
+    else if (s === 1) cached++;
+  }
+  const now = performance.now();
+  const r = rates.update(now, eng.stats.promptTokens, eng.stats.generationTokens);
+  const counts = { running: 0, waiting: 0, preempted: 0 };
+  for (const q of eng.requests) counts[q.state]++;
+  const bytesPerBlock = info.kvBytesPerToken * eng.blockSize;
+  return {
+    time: new Date().toISOString(),
+    model: d.modelName,
+    backend: info.backend,
+    device: memory.device,
+    memory: {
+      byTag: memory.stats.byTag,
+      total: memory.stats.total,
+      peak: memory.stats.peak,
+      allocations: memory.stats.allocations,
+      groups: groupAllocations(memory.allocations),
+      arena: info.arena,
+    },
+    kv: {
+      numBlocks: eng.numBlocks,
+      blockSize: eng.blockSize,
+      bytesPerBlock,
+      used,
+      cached,
+      free: eng.numBlocks - used - cached,
+      usage: eng.stats.kvCacheUsage,
+      blockStates: eng.blockStates,
+      prefixCacheQueries: eng.stats.prefixCacheQueries,
+      prefixCacheHits: eng.stats.prefixCacheHits,
+    },
+    counts: { ...counts, preemptionsTotal: eng.stats.numPreemptions },
+    throughput: { promptTokensPerSecond: r.prompt, generationTokensPerSecond: r.generation, history: rates.history() },
+    latency: {
+      ttftMs: d.ttft.percentiles([50, 90, 99], now),
+      itlMs: d.itl.percentiles([50, 90, 99], now),
+    },
+    requests: eng.requests.map((q: RequestSnapshot) => ({ ...q, ageMs: Math.round(q.ageMs) })),
+  };
+}
+
+/** Token rates from cumulative counters, over the last few seconds, plus a minute of history for the chart. */
+export class RateTracker {
+  private samples: { t: number; prompt: number; gen: number }[] = [];
+  private hist: { t: number; prompt: number; generation: number }[] = [];
+  private lastHist = 0;
+
+  update(t: number, prompt: number, gen: number): { prompt: number; generation: number } {
+    this.samples.push({ t, prompt, gen });
+    while (this.samples.length > 2 && this.samples[0]!.t < t - 3000) this.samples.shift();
+    const a = this.samples[0]!;
+    const dt = (t - a.t) / 1000;
+    const rate = dt > 0.05 ? { prompt: (prompt - a.prompt) / dt, generation: (gen - a.gen) / dt } : { prompt: 0, generation: 0 };
+    if (t - this.lastHist >= 1000) {
+      this.hist.push({ t: Date.now(), ...rate });
+      if (this.hist.length > 60) this.hist.shift();
+      this.lastHist = t;
+    }
+    return rate;
+  }
+
+  history(): { t: number; prompt: number; generation: number }[] {
+    return this.hist;
+  }
+}
+
+export function registerDashboard(app: FastifyInstance, d: DashboardDeps): void {
+  const rates = new RateTracker();
+  const hz = d.updateHz ?? 4;
+  app.get("/dashboard", async (_req, reply) =>
+    reply.type("text/html; charset=utf-8").header("cache-control", "no-store").send(DASHBOARD_HTML),
+  );
+  app.get("/v1/admin/memory", async () => buildSnapshot(d, rates));
+  app.get("/dashboard/events", async (request, reply) => {
+    d.authorize(request.headers);
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+      "x-accel-buffering": "no",
+    });
+    let closed = false;
+    raw.on("close", () => (closed = true));
+    while (!closed && d.engine.isAlive) {
+      const started = performance.now();
+      try {
+        const snap = await buildSnapshot(d, rates);
+        if (!closed) raw.write(`data: ${JSON.stringify(snap)}\n\n`);
+      } catch {
+        break; // the engine went away
+      }
+      const wait = Math.max(0, 1000 / hz - (performance.now() - started));
+      await new Promise((r) => setTimeout(r, wait));
+    }
+    if (!raw.writableEnded) raw.end();
+  });
+}
