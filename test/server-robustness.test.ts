@@ -93,14 +93,12 @@ const BAD_FIELDS: Record<string, fc.Arbitrary<unknown>> = {
 
 const completionCase = fc.oneof(
   // one bad field
-  fc
-    .constantFrom(...Object.keys(BAD_FIELDS))
-    .chain((field) =>
-      BAD_FIELDS[field]!.map((value) => ({
-        path: "/v1/completions",
-        body: JSON.stringify({ prompt: "hi", max_tokens: 2, [field]: value }),
-      })),
-    ),
+  fc.constantFrom(...Object.keys(BAD_FIELDS)).chain((field) =>
+    BAD_FIELDS[field]!.map((value) => ({
+      path: "/v1/completions",
+      body: JSON.stringify({ prompt: "hi", max_tokens: 2, [field]: value }),
+    })),
+  ),
   // a bad prompt: wrong type, empty, token ids out of the vocabulary, far too long
   fc
     .oneof(
