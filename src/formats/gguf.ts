@@ -282,17 +282,23 @@ class HeaderReader {
     return off;
   }
 
+  /** Decode `n` bytes at the current position with `read` (after `take`, which may replace the buffer). */
+  private at<T>(n: number, what: string, read: (buf: Buffer, off: number) => T): T {
+    const off = this.take(n, what);
+    return read(this.buf, off);
+  }
+
   bytes(n: number, what: string): Buffer {
     const off = this.take(n, what);
     return this.buf.subarray(off, off + n);
   }
 
   u32(what: string): number {
-    return this.buf.readUInt32LE(this.take(4, what));
+    return this.at(4, what, (b, o) => b.readUInt32LE(o));
   }
 
   u64(what: string): bigint {
-    return this.buf.readBigUInt64LE(this.take(8, what));
+    return this.at(8, what, (b, o) => b.readBigUInt64LE(o));
   }
 
   /** A u64 that must be a usable JavaScript integer (a count, a length, an offset). */
@@ -317,27 +323,27 @@ class HeaderReader {
   scalar(type: GgufScalarType, what: string): number | bigint | boolean | string {
     switch (type) {
       case "uint8":
-        return this.buf.readUInt8(this.take(1, what));
+        return this.at(1, what, (b, o) => b.readUInt8(o));
       case "int8":
-        return this.buf.readInt8(this.take(1, what));
+        return this.at(1, what, (b, o) => b.readInt8(o));
       case "uint16":
-        return this.buf.readUInt16LE(this.take(2, what));
+        return this.at(2, what, (b, o) => b.readUInt16LE(o));
       case "int16":
-        return this.buf.readInt16LE(this.take(2, what));
+        return this.at(2, what, (b, o) => b.readInt16LE(o));
       case "uint32":
-        return this.buf.readUInt32LE(this.take(4, what));
+        return this.at(4, what, (b, o) => b.readUInt32LE(o));
       case "int32":
-        return this.buf.readInt32LE(this.take(4, what));
+        return this.at(4, what, (b, o) => b.readInt32LE(o));
       case "float32":
-        return this.buf.readFloatLE(this.take(4, what));
+        return this.at(4, what, (b, o) => b.readFloatLE(o));
       case "float64":
-        return this.buf.readDoubleLE(this.take(8, what));
+        return this.at(8, what, (b, o) => b.readDoubleLE(o));
       case "uint64":
-        return this.buf.readBigUInt64LE(this.take(8, what));
+        return this.at(8, what, (b, o) => b.readBigUInt64LE(o));
       case "int64":
-        return this.buf.readBigInt64LE(this.take(8, what));
+        return this.at(8, what, (b, o) => b.readBigInt64LE(o));
       case "bool": {
-        const b = this.buf.readUInt8(this.take(1, what));
+        const b = this.at(1, what, (buf, o) => buf.readUInt8(o));
         if (b > 1) throw new FormatError(`${this.path}: ${what} is a bool stored as ${b}; expected 0 or 1`);
         return b === 1;
       }
