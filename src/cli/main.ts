@@ -8,6 +8,7 @@ import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { progressBar } from "./progress.js";
 import { startServer, VERSION } from "../server/serve.js";
 import { registerPlan } from "./plan.js";
+import { registerBenchServe } from "./bench-serve.js";
 
 const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -211,6 +212,7 @@ export function buildProgram(): Command {
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
   registerPlan(program, parseBytes, intArg);
+  registerBenchServe(program);
   return program;
 }
 
