@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from "commander";
 import { readFileSync } from "node:fs";
-import { CpuBackend } from "../backend/cpu/cpu-backend.js";
+import { createBackend, describeSelection, parseDeviceRequest } from "../backend/create-backend.js";
+import { loadConfig } from "../model/config.js";
 import { parseDType } from "../backend/dtype.js";
 import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
@@ -40,6 +41,7 @@ interface GenerateFlags {
   dtype?: string;
   chat: boolean;
   ignoreEos: boolean;
+  device: string;
 }
 
 function generateCommand(modelDir: string, flags: GenerateFlags): void {
@@ -48,12 +50,16 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
     ? tokenizer.applyChatTemplate([{ role: "user", content: flags.prompt }], { addGenerationPrompt: true })
     : flags.prompt;
   const prompt = tokenizer.encode(text, { addSpecialTokens: !flags.chat });
-  const backend = new CpuBackend({ threads: flags.threads });
+  const device = parseDeviceRequest(flags.device);
+  const dtype = flags.dtype ? parseDType(flags.dtype, "--dtype") : undefined;
+  const { backend, selection } = createBackend({ device, threads: flags.threads, dtype, modelDType: loadConfig(modelDir).torchDtype });
+  process.stderr.write(`${describeSelection(device, selection)}\n`);
   try {
     const bar = progressBar("loading weights");
     const gen = Generator.open(modelDir, backend, {
       maxModelLen: prompt.length + flags.maxTokens,
-      dtype: flags.dtype ? parseDType(flags.dtype, "--dtype") : undefined,
+      // CUDA multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
+      dtype: backend.name === "cpu" ? dtype : backend.activationDType,
       onProgress: bar,
     });
     bar.end();
@@ -68,7 +74,7 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
     process.stderr.write(
       `prompt: ${prompt.length} tokens in ${result.promptMs.toFixed(0)} ms (${((prompt.length * 1000) / result.promptMs).toFixed(1)} tokens/s); ` +
         `generated: ${result.tokens.length} tokens, decode ${decodeSteps > 0 ? ((decodeSteps * 1000) / result.decodeMs).toFixed(2) : "-"} tokens/s ` +
-        `(backend ${backend.name}, ${backend.threads} threads, finish: ${result.finishReason})\n`,
+        `(backend ${backend.name}${"threads" in backend ? `, ${String(backend.threads)} threads` : ""}, finish: ${result.finishReason})\n`,
     );
   } finally {
     backend.dispose();
@@ -109,8 +115,7 @@ export function parseBytes(v: string): number {
 }
 
 async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> {
-  if (flags.device === "cuda") throw new Error("--device cuda: the CUDA backend is not available in this build yet; use --device cpu");
-  if (!["auto", "cpu"].includes(flags.device)) throw new Error(`--device must be auto, cpu or cuda, got "${flags.device}"`);
+  const device = parseDeviceRequest(flags.device);
   if (flags.generationConfig !== "auto" && flags.generationConfig !== "vllm") {
     throw new Error(
       `--generation-config must be "auto" (use the model's generation_config.json) or "vllm" (ignore it), got "${flags.generationConfig}"`,
@@ -130,6 +135,8 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       maxNumBatchedTokens: flags.maxNumBatchedTokens,
       maxNumSeqs: flags.maxNumSeqs,
       kvCacheMemory: flags.kvCacheMemory,
+      device,
+      gpuMemoryUtilization: flags.gpuMemoryUtilization,
       blockSize: flags.blockSize,
       enablePrefixCaching: flags.enablePrefixCaching,
       dtype: flags.dtype === "auto" ? undefined : parseDType(flags.dtype, "--dtype"),
@@ -142,7 +149,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
   const i = server.engine.info;
   process.stderr.write(
     `tokamak ${VERSION}: serving ${modelDir} as "${(flags.servedModelName ?? [])[0] ?? "(folder name)"}" on ${i.backend} (${i.threads} threads; ` +
-      `device auto picked cpu: no CUDA backend in this build), max model len ${i.maxModelLen}, KV cache ${i.config.numBlocks} blocks × ${i.config.blockSize} tokens\n` +
+      `${i.device}), max model len ${i.maxModelLen}, KV cache ${i.config.numBlocks} blocks × ${i.config.blockSize} tokens\n` +
       `OpenAI-compatible API at ${server.url}/v1 (try: curl ${server.url}/v1/models); metrics at ${server.url}/metrics\n`,
   );
   let firstSignalAt = 0;
@@ -180,6 +187,7 @@ export function buildProgram(): Command {
     .option("--dtype <dtype>", "weight dtype: bfloat16, float16, float32 (default: as stored)")
     .option("--chat", "wrap the prompt in the model's chat template", false)
     .option("--ignore-eos", "keep generating past end-of-sequence tokens", false)
+    .option("--device <device>", "auto (CUDA when usable), cpu or cuda", "auto")
     .action((dir: string, flags: GenerateFlags) => generateCommand(dir, flags));
   program
     .command("serve")
@@ -208,7 +216,7 @@ export function buildProgram(): Command {
     .option("--threads <n>", "CPU threads (default: all cores)", intArg("--threads", 1))
     .option("--max-queue-len <n>", "requests that may wait beyond the running batch before 429", intArg("--max-queue-len", 0), 1024)
     .option("--shutdown-timeout <s>", "seconds to drain in-flight requests on SIGTERM", intArg("--shutdown-timeout", 0), 30)
-    .option("--device <device>", "auto, cpu or cuda", "auto")
+    .option("--device <device>", "auto (CUDA when usable, else CPU; says which and why), cpu or cuda", "auto")
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
   registerPlan(program, parseBytes, intArg);

@@ -22,6 +22,8 @@ export interface EngineInfo {
   samplingDefaults: Partial<SamplingParams>;
   config: EngineConfig;
   backend: string;
+  /** Which device --device picked and why, for the start-up banner. */
+  device: string;
   threads: number;
   /** Bytes of one token's K and V over all layers. */
   kvBytesPerToken: number;

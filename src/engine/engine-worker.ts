@@ -8,6 +8,7 @@ import { freemem, totalmem } from "node:os";
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import type { MemoryReport } from "../backend/allocator.js";
+import { describeSelection } from "../backend/create-backend.js";
 import { loadConfig } from "../model/config.js";
 import { loadGenerationDefaults } from "../model/generation-config.js";
 import { kvBytesPerToken } from "../model/llama.js";
@@ -52,6 +53,7 @@ function openModel(init: WorkerInit): Session {
       samplingDefaults: llm.samplingDefaults,
       config: llm.core.config,
       backend: llm.backend.name,
+      device: llm.deviceSelection ? describeSelection(init.options.device ?? "auto", llm.deviceSelection) : llm.backend.name,
       threads: "threads" in llm.backend ? (llm.backend.threads as number) : 1,
       kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend),
       weightBytes: memory.byTag.weights,
@@ -98,6 +100,7 @@ function openStub(init: WorkerInit): Session {
       samplingDefaults: o.ignoreGenerationConfig ? {} : gen.sampling,
       config: engineConfig,
       backend: "stub (no model)",
+      device: "stub model: no device",
       threads: 1,
       kvBytesPerToken: 0,
       weightBytes: 0,

@@ -1,9 +1,11 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
-import { CpuBackend } from "../backend/cpu/cpu-backend.js";
+import { createBackend } from "../backend/create-backend.js";
+import type { DeviceRequest, DeviceSelection } from "../backend/cuda/device.js";
 import type { DType } from "../backend/dtype.js";
 import { loadGenerationDefaults } from "../model/generation-config.js";
+import { loadConfig } from "../model/config.js";
 import { kvBytesPerToken } from "../model/llama.js";
 import { loadModel, type LoadedModel } from "../model/load.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
@@ -26,6 +28,10 @@ export interface EngineOptions {
   enablePrefixCaching?: boolean;
   policy?: "fcfs" | "priority";
   dtype?: DType;
+  /** auto (CUDA when usable, else CPU), cpu or cuda. */
+  device?: DeviceRequest;
+  /** Fraction of the GPU's memory the engine may use in all (weights, activations, KV cache); default 0.9. */
+  gpuMemoryUtilization?: number;
   threads?: number;
   /** Ignore generation_config.json's sampling defaults (vLLM's --generation-config vllm). */
   ignoreGenerationConfig?: boolean;
@@ -35,12 +41,37 @@ export interface EngineOptions {
 }
 
 export const DEFAULT_KV_CACHE_MEMORY = 4 * 2 ** 30;
+export const DEFAULT_GPU_MEMORY_UTILIZATION = 0.9;
+
+/**
+ * Bytes for the KV cache. On CPU a fixed size (--kv-cache-memory, default 4 GiB, like vLLM's
+ * VLLM_CPU_KVCACHE_SPACE). On a GPU, vLLM's rule: gpuMemoryUtilization of the device's memory
+ * minus what the engine already holds once the model is loaded (weights, the activation arena
+ * planned for the largest step, workspace), which `tokamak plan` computes the same way.
+ */
+export function kvCacheBudget(backend: Backend, o: EngineOptions): number {
+  if (o.kvCacheMemory !== undefined || backend.name === "cpu") return o.kvCacheMemory ?? DEFAULT_KV_CACHE_MEMORY;
+  const util = o.gpuMemoryUtilization ?? DEFAULT_GPU_MEMORY_UTILIZATION;
+  const report = backend.memoryReport();
+  const held = report.stats.total;
+  const budget = Math.floor(report.device.totalBytes * util - held);
+  if (budget <= 0) {
+    throw new RangeError(
+      `no memory left for the KV cache: --gpu-memory-utilization ${util} of ${report.device.totalBytes} bytes is ${Math.floor(report.device.totalBytes * util)}, ` +
+        `and the model already holds ${held} (weights ${report.stats.byTag.weights}, activations ${report.stats.byTag.activations}); ` +
+        `raise --gpu-memory-utilization, lower --max-num-batched-tokens or --max-num-seqs, or use a smaller dtype`,
+    );
+  }
+  // Other processes may hold memory the fraction assumed ours: never plan past what is actually free.
+  const headroom = 256 * 2 ** 20;
+  return Math.min(budget, Math.max(0, report.device.freeBytes - headroom));
+}
 
 /** The engine's resolved settings, vLLM's defaults where not given. */
 export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: EngineOptions): EngineConfig {
   const blockSize = o.blockSize ?? 16;
   const perBlock = blockSize * kvBytesPerToken(loaded.config, backend);
-  const numBlocks = o.numBlocks ?? Math.floor((o.kvCacheMemory ?? DEFAULT_KV_CACHE_MEMORY) / perBlock);
+  const numBlocks = o.numBlocks ?? Math.floor(kvCacheBudget(backend, o) / perBlock);
   const maxModelLen = loaded.maxModelLen;
   // Like vLLM: a KV cache that cannot hold one full-length request could never finish it.
   if (numBlocks * blockSize < maxModelLen) {
@@ -97,14 +128,23 @@ export class LLM {
   }
 
   private ownsBackend = false;
+  /** Which device --device picked and why (set when LLM made its own backend). */
+  deviceSelection: DeviceSelection | null = null;
 
-  /** Load a model folder. Without a backend, a CPU backend is made (and disposed by close()). */
+  /** Load a model folder. Without a backend, one is made for opts.device (and disposed by close()). */
   static open(modelDir: string, opts: EngineOptions = {}, backend?: Backend): LLM {
     if (!backend) {
-      const own = new CpuBackend({ threads: opts.threads });
+      const { backend: own, selection } = createBackend({
+        device: opts.device,
+        threads: opts.threads,
+        dtype: opts.dtype,
+        modelDType: loadConfig(modelDir).torchDtype,
+      });
       try {
-        const llm = LLM.open(modelDir, opts, own);
+        // CUDA multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
+        const llm = LLM.open(modelDir, own.name === "cpu" ? opts : { ...opts, dtype: own.activationDType }, own);
         llm.ownsBackend = true;
+        llm.deviceSelection = selection;
         return llm;
       } catch (err) {
         own.dispose();
