@@ -180,7 +180,10 @@ interface DistSelection {
 function selectDist(withTests: boolean, bundledPackages: Set<string>): DistSelection {
   const all = listFiles(join(ROOT, "dist")).map((f) => `dist/${f}`);
   const isModule = (f: string) => f.endsWith(".js") && isLive(f);
-  const roots = all.filter((f) => isModule(f) && (f.startsWith("dist/src/") || f.startsWith("dist/scripts/")));
+  // bench/cuda.js is the GPU host's first figures (scripts/gpu/run-checks.sh runs it).
+  const roots = all.filter(
+    (f) => isModule(f) && (f.startsWith("dist/src/") || f.startsWith("dist/scripts/") || f === "dist/bench/cuda.js"),
+  );
   const testRoots = withTests ? all.filter((f) => isModule(f) && /^dist\/test\/[^/]+\.test\.js$/.test(f)) : [];
   const closure = (start: string): { files: Set<string>; packages: Set<string> } => {
     const files = new Set<string>();

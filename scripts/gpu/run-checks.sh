@@ -181,6 +181,17 @@ else
   skip golden "no bundled node"
 fi
 
+# ---------------------------------------------------------------- first figures
+
+if [ -n "$NODE" ] && [ -f "$BUNDLE/dist/bench/cuda.js" ]; then
+  step torch-peer 60 100 20 'python3 "$ROOT/scripts/gpu/torch_peer.py" "$OUT/torch-peer.json"'
+  # A Llama-3.2-1B-shaped bf16 model with random weights (2.5 GB; decode speed does not depend on the values).
+  step e2e-model 120 90 5 '"$NODE" "$BUNDLE/dist/scripts/make-test-model.js" "$WORK/llama-1b" --arch llama --dtype bf16 --hidden 2048 --layers 16 --intermediate 8192 --heads 32 --kv-heads 8 --head-dim 64 --tie'
+  step bench-cuda 120 60 20 'cd "$BUNDLE" && "$NODE" dist/bench/cuda.js --e2e-model "$WORK/llama-1b" --out "$OUT/bench-cuda.json"'
+else
+  skip bench-cuda "no bundled node or dist/bench/cuda.js"
+fi
+
 # ---------------------------------------------------------------- compute-sanitizer
 
 if [ -z "$NODE" ] || [ ! -f "$BUNDLE/dist/test/backend-conformance.test.js" ]; then
