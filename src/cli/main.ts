@@ -224,6 +224,12 @@ export function buildProgram(): Command {
   return program;
 }
 
+// `tokamak plan ... | head` closes the pipe early: that is the reader's choice, not an error.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code === "EPIPE") process.exit(0);
+  throw err;
+});
+
 try {
   await buildProgram().parseAsync(process.argv);
 } catch (err) {
