@@ -285,6 +285,10 @@ const PRUNE: Record<string, { drop: (dir: string) => boolean; why: string }> = {
     drop: (d) => d === "musl_x64",
     why: "the bundled node is glibc-linked, so koffi never loads the musl build",
   },
+  wabt: {
+    drop: (d) => d === "bin",
+    why: "the wat2wasm & co. command-line tools; the CPU backend uses only the library (index.js) to assemble linear.wat",
+  },
   koffi: {
     // koffi 2 kept its prebuilt binaries in build/koffi/<platform>; koffi 3 gets them from
     // @koromix/koffi-<platform> packages (only linux-x64's is bundled) and has no build/.

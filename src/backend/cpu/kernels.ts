@@ -1,9 +1,11 @@
 /**
  * CPU kernels over typed arrays, shared by the main thread and the worker
  * threads (each computes a slice of the work given by [start, end)).
- * All arithmetic is f32 in storage and f64 in registers.
+ * All arithmetic is f32 in storage and f64 in registers, except the wasm SIMD matrix
+ * products (wasm-linear.ts, linear.wat), which sum in f32 in a fixed order.
  */
 import { f16ToF32Table } from "../dtype.js";
+import { WasmLinear } from "./wasm-linear.js";
 
 /** Weight element encodings the kernels read directly. */
 export type WeightKind = "f32" | "bf16" | "f16";
@@ -25,9 +27,23 @@ export interface LinearArgs {
   bias: { data: Float32Array; offset: number } | null;
 }
 
-/** Scratch that grows on demand and is then reused, one per thread. */
+/**
+ * Per-thread state, one per thread: scratch that grows on demand and is then reused, and the
+ * thread's instance of the wasm SIMD matrix-product kernels (when their module is given).
+ */
 export class Scratch {
   private f32 = new Float32Array(0);
+  private wasm: WasmLinear | null = null;
+
+  /** `linearModule`: the compiled linear.wat (see linearWasmModule()), or null for the JavaScript linearRange. */
+  constructor(private readonly linearModule: WebAssembly.Module | null = null) {}
+
+  /** This thread's wasm kernels, instantiated on first use; null when running the JavaScript fallback. */
+  linear(): WasmLinear | null {
+    if (!this.wasm && this.linearModule) this.wasm = new WasmLinear(this.linearModule);
+    return this.wasm;
+  }
+
   get(n: number): Float32Array {
     if (this.f32.length < n) this.f32 = new Float32Array(Math.max(n, this.f32.length * 2));
     return this.f32;
@@ -50,11 +66,21 @@ function decodeRow(w: Float32Array | Uint16Array, kind: WeightKind, src: number,
 }
 
 /**
- * out[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]) for output features n in [n0, n1).
+ * out[m, n] = Σ_k x[m, k] · w[n, k] (+ bias[n]) for output features n in [n0, n1), with the
+ * thread's wasm SIMD kernels when it has them (several times faster), else linearRangeJs.
+ */
+export function linearRange(a: LinearArgs, n0: number, n1: number, scratch: Scratch): void {
+  const wasm = scratch.linear();
+  if (wasm) wasm.run(a, n0, n1);
+  else linearRangeJs(a, n0, n1, scratch);
+}
+
+/**
+ * The fallback where WebAssembly SIMD is not available, f64 sums.
  * Weight rows are decoded to f32 four at a time and reused across all rows of x,
  * so a prefill reads each weight once and a decode runs four independent sums.
  */
-export function linearRange(a: LinearArgs, n0: number, n1: number, scratch: Scratch): void {
+export function linearRangeJs(a: LinearArgs, n0: number, n1: number, scratch: Scratch): void {
   const K = a.inFeatures;
   const x = a.x.data;
   const out = a.out.data;

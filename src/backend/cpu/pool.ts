@@ -1,6 +1,7 @@
 import { availableParallelism } from "node:os";
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { type AttentionArgs, attentionRange, type LinearArgs, linearRange, Scratch } from "./kernels.js";
+import { type LinearModule, linearWasmModule } from "./wasm-linear.js";
 
 /** A parallel kernel call: the kernel name and its arguments (typed arrays over SharedArrayBuffers are shared, not copied). */
 export type Task = { kind: "linear"; args: LinearArgs } | { kind: "attention"; args: AttentionArgs };
@@ -27,23 +28,43 @@ export function runTask(task: Task, start: number, end: number, scratch: Scratch
  * Dispatch is synchronous: a message per worker, read on the other side with
  * receiveMessageOnPort after an Atomics wake, so no event loop turn is needed.
  */
+export interface ThreadPoolOptions {
+  /**
+   * Matrix-product implementation: "wasm" (WebAssembly SIMD, falling back to JavaScript where
+   * unavailable) or "js". Default: $TOKAMAK_CPU_LINEAR if set to one of them, else "wasm".
+   */
+  linear?: "wasm" | "js";
+}
+
 export class ThreadPool {
   readonly threads: number;
+  /** What runs linear: "wasm-simd" or "js" (benchmarks print it; see linearFallbackReason). */
+  readonly linearImpl: LinearModule["impl"];
+  /** Why linear runs in JavaScript ("" when it runs in wasm). */
+  readonly linearFallbackReason: string;
   private workers: Worker[] = [];
   private ports: MessagePort[] = [];
   private errorPorts: MessagePort[] = [];
   private ctrl: Int32Array;
-  private scratch = new Scratch();
+  private scratch: Scratch;
 
-  constructor(threads = availableParallelism()) {
+  constructor(threads = availableParallelism(), opts: ThreadPoolOptions = {}) {
     this.threads = Math.max(1, Math.floor(threads));
+    const env = process.env.TOKAMAK_CPU_LINEAR;
+    const want = opts.linear ?? (env === "js" || env === "wasm" ? env : "wasm");
+    const linear: LinearModule =
+      want === "wasm" ? linearWasmModule() : { module: null, impl: "js", reason: opts.linear ? "asked for" : "TOKAMAK_CPU_LINEAR=js" };
+    this.linearImpl = linear.impl;
+    this.linearFallbackReason = linear.reason;
+    this.scratch = new Scratch(linear.module);
     const helpers = this.threads - 1;
     this.ctrl = new Int32Array(new SharedArrayBuffer(4 * (HEADER + helpers)));
     for (let i = 0; i < helpers; i++) {
       const tasks = new MessageChannel();
       const errors = new MessageChannel();
       const worker = new Worker(new URL("./worker.js", import.meta.url), {
-        workerData: { ctrl: this.ctrl, index: HEADER + i, tasks: tasks.port2, errors: errors.port2 },
+        // The compiled Module is cloned, not recompiled: each worker only instantiates it.
+        workerData: { ctrl: this.ctrl, index: HEADER + i, tasks: tasks.port2, errors: errors.port2, linearModule: linear.module },
         transferList: [tasks.port2, errors.port2],
       });
       worker.unref();

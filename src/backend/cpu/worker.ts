@@ -3,10 +3,16 @@ import { type MessagePort, receiveMessageOnPort, workerData } from "node:worker_
 import { Scratch } from "./kernels.js";
 import { runTask, type TaskMessage } from "./pool.js";
 
-const { ctrl, index, tasks, errors } = workerData as { ctrl: Int32Array; index: number; tasks: MessagePort; errors: MessagePort };
+const { ctrl, index, tasks, errors, linearModule } = workerData as {
+  ctrl: Int32Array;
+  index: number;
+  tasks: MessagePort;
+  errors: MessagePort;
+  linearModule: WebAssembly.Module | null;
+};
 const PENDING = 0;
 const FAILED = 1;
-const scratch = new Scratch();
+const scratch = new Scratch(linearModule);
 
 let seen = 0;
 for (;;) {

@@ -1,0 +1,23 @@
+// A short-lived worker that assembles WebAssembly text with wabt for linearWasmModule(), which
+// blocks on `signal` meanwhile: wabt only initializes asynchronously, while the backend is
+// built synchronously. Any failure is reported as a message, never left to time out.
+import { type MessagePort, workerData } from "node:worker_threads";
+
+const { name, source, signal, port } = workerData as { name: string; source: string; signal: Int32Array; port: MessagePort };
+
+try {
+  // Imported here, not statically, so that a missing package is reported like any other error.
+  const wabt = (await import("wabt")).default;
+  const mod = (await wabt()).parseWat(name, source, { simd: true });
+  try {
+    mod.validate();
+    port.postMessage({ bytes: mod.toBinary({}).buffer });
+  } finally {
+    mod.destroy();
+  }
+} catch (err) {
+  port.postMessage({ error: String((err as Error)?.message ?? err) });
+} finally {
+  Atomics.store(signal, 0, 1);
+  Atomics.notify(signal, 0);
+}
