@@ -97,6 +97,17 @@ export class CpuBackend implements Backend {
   read(src: Tensor): Float32Array {
     const out = new Float32Array(src.numel);
     const s = st(src);
+    if (src.isContiguous && src.dtype !== "f16") {
+      // The common case (logits every step): one bulk copy or decode, no index walk.
+      const end = src.offset + src.numel;
+      if (src.dtype === "f32") out.set(s.f32.subarray(src.offset, end));
+      else if (src.dtype === "i32") out.set(s.i32.subarray(src.offset, end));
+      else {
+        const bits = new Uint32Array(out.buffer);
+        for (let i = 0, o = src.offset; o < end; i++, o++) bits[i] = s.u16[o]! << 16;
+      }
+      return out;
+    }
     const shape = src.shape;
     // Walk every index so strided views read correctly.
     const idx = new Array<number>(shape.length).fill(0);
