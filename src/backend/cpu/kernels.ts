@@ -2,9 +2,11 @@
  * CPU kernels over typed arrays, shared by the main thread and the worker
  * threads (each computes a slice of the work given by [start, end)).
  * All arithmetic is f32 in storage and f64 in registers, except the wasm SIMD matrix
- * products (wasm-linear.ts, linear.wat), which sum in f32 in a fixed order.
+ * products (wasm-linear.ts, linear.wat) and attention (wasm-attention.ts, attention.wat),
+ * which compute in f32 in a fixed order.
  */
 import { f16ToF32Table } from "../dtype.js";
+import { WasmAttention } from "./wasm-attention.js";
 import { WasmLinear } from "./wasm-linear.js";
 
 /** Weight element encodings the kernels read directly. */
@@ -29,19 +31,33 @@ export interface LinearArgs {
 
 /**
  * Per-thread state, one per thread: scratch that grows on demand and is then reused, and the
- * thread's instance of the wasm SIMD matrix-product kernels (when their module is given).
+ * thread's instances of the wasm SIMD matrix-product and attention kernels (when their modules
+ * are given).
  */
 export class Scratch {
   private f32 = new Float32Array(0);
   private wasm: WasmLinear | null = null;
+  private wasmAttention: WasmAttention | null = null;
 
-  /** `linearModule`: the compiled linear.wat (see linearWasmModule()), or null for the JavaScript linearRange. */
-  constructor(private readonly linearModule: WebAssembly.Module | null = null) {}
+  /**
+   * `linearModule`: the compiled linear.wat (see linearWasmModule()), or null for the JavaScript
+   * linearRange; `attentionModule`: attention.wat likewise, or null for attentionRangeJs.
+   */
+  constructor(
+    private readonly linearModule: WebAssembly.Module | null = null,
+    private readonly attentionModule: WebAssembly.Module | null = null,
+  ) {}
 
   /** This thread's wasm kernels, instantiated on first use; null when running the JavaScript fallback. */
   linear(): WasmLinear | null {
     if (!this.wasm && this.linearModule) this.wasm = new WasmLinear(this.linearModule);
     return this.wasm;
+  }
+
+  /** This thread's wasm attention kernel, instantiated on first use; null without its module. */
+  attention(): WasmAttention | null {
+    if (!this.wasmAttention && this.attentionModule) this.wasmAttention = new WasmAttention(this.attentionModule);
+    return this.wasmAttention;
   }
 
   get(n: number): Float32Array {
@@ -158,6 +174,12 @@ export interface AttentionArgs {
   btStride: number;
   numSeqs: number;
   scale: number;
+  /**
+   * The wasm path's work items (planAttention in wasm-attention.ts): set by the pool when every
+   * thread has the wasm kernel, and then [w0, w1) index it; absent, the items are
+   * (query row, KV head) pairs for attentionRangeJs.
+   */
+  plan?: Int32Array | undefined;
 }
 
 /** Index of the sequence owning query row t (queryStartLoc is non-decreasing). */
@@ -173,11 +195,25 @@ function seqOfToken(a: AttentionArgs, t: number): number {
 }
 
 /**
- * Paged causal attention for work items [w0, w1), one item per (query row,
+ * Paged causal attention for work items [w0, w1): blocks of query rows listed in a.plan with the
+ * thread's wasm SIMD kernel (several times faster), else attentionRangeJs's items.
+ */
+export function attentionRange(a: AttentionArgs, w0: number, w1: number, scratch: Scratch): void {
+  if (!a.plan) {
+    attentionRangeJs(a, w0, w1, scratch);
+    return;
+  }
+  const wasm = scratch.attention();
+  if (!wasm) throw new Error("attentionRange: a wasm plan was given to a thread without the attention kernel");
+  wasm.run(a, a.plan, w0, w1);
+}
+
+/**
+ * The fallback where WebAssembly SIMD is not available: one work item per (query row,
  * KV head): the whole GQA group of that KV head is done together so each K/V
  * row is read once per group. Two passes (scores, then softmax·V) in f32.
  */
-export function attentionRange(a: AttentionArgs, w0: number, w1: number, scratch: Scratch): void {
+export function attentionRangeJs(a: AttentionArgs, w0: number, w1: number, scratch: Scratch): void {
   const G = a.numHeads / a.numKvHeads;
   const D = a.headDim;
   const kvRow = a.numKvHeads * D;

@@ -1,7 +1,8 @@
 import { availableParallelism } from "node:os";
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { type AttentionArgs, attentionRange, type LinearArgs, linearRange, Scratch } from "./kernels.js";
-import { type LinearModule, linearWasmModule } from "./wasm-linear.js";
+import { PLAN_STRIDE, planAttention, wasmAttentionFits } from "./wasm-attention.js";
+import { type LinearModule, wasmModules } from "./wasm-linear.js";
 
 /** A parallel kernel call: the kernel name and its arguments (typed arrays over SharedArrayBuffers are shared, not copied). */
 export type Task = { kind: "linear"; args: LinearArgs } | { kind: "attention"; args: AttentionArgs };
@@ -34,6 +35,8 @@ export interface ThreadPoolOptions {
    * unavailable) or "js". Default: $TOKAMAK_CPU_LINEAR if set to one of them, else "wasm".
    */
   linear?: "wasm" | "js";
+  /** Attention implementation, likewise; default: $TOKAMAK_CPU_ATTENTION if "js" or "wasm", else "wasm". */
+  attention?: "wasm" | "js";
 }
 
 export class ThreadPool {
@@ -42,6 +45,10 @@ export class ThreadPool {
   readonly linearImpl: LinearModule["impl"];
   /** Why linear runs in JavaScript ("" when it runs in wasm). */
   readonly linearFallbackReason: string;
+  /** What runs attention: "wasm-simd" or "js" (for head dims not a multiple of 4, always js). */
+  readonly attentionImpl: LinearModule["impl"];
+  /** Why attention runs in JavaScript ("" when it runs in wasm). */
+  readonly attentionFallbackReason: string;
   private workers: Worker[] = [];
   private ports: MessagePort[] = [];
   private errorPorts: MessagePort[] = [];
@@ -52,11 +59,23 @@ export class ThreadPool {
     this.threads = Math.max(1, Math.floor(threads));
     const env = process.env.TOKAMAK_CPU_LINEAR;
     const want = opts.linear ?? (env === "js" || env === "wasm" ? env : "wasm");
+    const attEnv = process.env.TOKAMAK_CPU_ATTENTION;
+    const wantAtt = opts.attention ?? (attEnv === "js" || attEnv === "wasm" ? attEnv : "wasm");
+    // Both modules in one call, so that they are assembled concurrently (see wasmModules).
+    const files = [...(want === "wasm" ? ["linear.wat"] : []), ...(wantAtt === "wasm" ? ["attention.wat"] : [])];
+    const modules = wasmModules(files);
+    const wasm = (file: string) => modules[files.indexOf(file)]!;
     const linear: LinearModule =
-      want === "wasm" ? linearWasmModule() : { module: null, impl: "js", reason: opts.linear ? "asked for" : "TOKAMAK_CPU_LINEAR=js" };
+      want === "wasm" ? wasm("linear.wat") : { module: null, impl: "js", reason: opts.linear ? "asked for" : "TOKAMAK_CPU_LINEAR=js" };
     this.linearImpl = linear.impl;
     this.linearFallbackReason = linear.reason;
-    this.scratch = new Scratch(linear.module);
+    const attention: LinearModule =
+      wantAtt === "wasm"
+        ? wasm("attention.wat")
+        : { module: null, impl: "js", reason: opts.attention ? "asked for" : "TOKAMAK_CPU_ATTENTION=js" };
+    this.attentionImpl = attention.impl;
+    this.attentionFallbackReason = attention.reason;
+    this.scratch = new Scratch(linear.module, attention.module);
     const helpers = this.threads - 1;
     this.ctrl = new Int32Array(new SharedArrayBuffer(4 * (HEADER + helpers)));
     for (let i = 0; i < helpers; i++) {
@@ -64,7 +83,14 @@ export class ThreadPool {
       const errors = new MessageChannel();
       const worker = new Worker(new URL("./worker.js", import.meta.url), {
         // The compiled Module is cloned, not recompiled: each worker only instantiates it.
-        workerData: { ctrl: this.ctrl, index: HEADER + i, tasks: tasks.port2, errors: errors.port2, linearModule: linear.module },
+        workerData: {
+          ctrl: this.ctrl,
+          index: HEADER + i,
+          tasks: tasks.port2,
+          errors: errors.port2,
+          linearModule: linear.module,
+          attentionModule: attention.module,
+        },
         transferList: [tasks.port2, errors.port2],
       });
       worker.unref();
@@ -76,6 +102,13 @@ export class ThreadPool {
 
   /** Run `task` over work items [0, total), split into contiguous slices whose starts are multiples of `align`. */
   run(task: Task, total: number, align = 1): void {
+    if (task.kind === "attention" && this.attentionImpl === "wasm-simd" && !task.args.plan && wasmAttentionFits(task.args.headDim)) {
+      // The wasm kernel's items are blocks of query rows (see planAttention), not the
+      // (query row, KV head) pairs the caller counted: plan them once here for all threads.
+      const plan = planAttention(task.args);
+      task = { kind: "attention", args: { ...task.args, plan } };
+      total = plan.length / PLAN_STRIDE;
+    }
     const helpers = this.workers.length;
     const units = Math.ceil(total / align);
     if (helpers === 0 || units < 2) {

@@ -25,7 +25,7 @@ const SIMD_PROBE = new Uint8Array([
   0, 11,
 ]);
 
-let cached: LinearModule | undefined;
+const cached = new Map<string, LinearModule>();
 
 /**
  * The compiled kernels, assembled from linear.wat on first use and kept for the process (the
@@ -33,46 +33,74 @@ let cached: LinearModule | undefined;
  * null with the reason when wasm SIMD or the assembler is not available.
  */
 export function linearWasmModule(): LinearModule {
-  if (cached) return cached;
-  const js = (reason: string): LinearModule => ({ module: null, impl: "js", reason });
-  if (typeof WebAssembly !== "object" || !WebAssembly.validate(SIMD_PROBE)) {
-    cached = js("this runtime has no WebAssembly SIMD");
-    return cached;
-  }
-  try {
-    const bytes = assembleSync("linear.wat", readFileSync(watPath(), "utf8"));
-    cached = { module: new WebAssembly.Module(bytes), impl: "wasm-simd", reason: "" };
-  } catch (err) {
-    cached = js(`linear.wat could not be assembled: ${(err as Error).message}`);
-  }
-  return cached;
+  return wasmModule("linear.wat");
 }
 
-/** linear.wat beside this module, or in the repository's src/ when running from dist/ (the bundle keeps src/'s non-TypeScript files). */
-function watPath(): string {
+/** Any of this directory's .wat kernels (linear.wat, attention.wat), as linearWasmModule() describes. */
+export function wasmModule(file: string): LinearModule {
+  return wasmModules([file])[0]!;
+}
+
+/**
+ * Several .wat kernels at once: those not yet cached are assembled in concurrent helper workers,
+ * so that a pool wanting both linear.wat and attention.wat waits for one assembler start-up
+ * (wabt's own initialization is most of the time), not two in a row.
+ */
+export function wasmModules(files: readonly string[]): LinearModule[] {
+  const js = (reason: string): LinearModule => ({ module: null, impl: "js", reason });
+  const simd = typeof WebAssembly === "object" && WebAssembly.validate(SIMD_PROBE);
+  const started = new Map<string, (() => Uint8Array<ArrayBuffer>) | Error>();
+  for (const file of files) {
+    if (cached.has(file) || started.has(file) || !simd) continue;
+    try {
+      started.set(file, assembleStart(file, readFileSync(watPath(file), "utf8")));
+    } catch (err) {
+      started.set(file, err as Error);
+    }
+  }
+  for (const [file, wait] of started) {
+    let result: LinearModule;
+    try {
+      if (wait instanceof Error) throw wait;
+      result = { module: new WebAssembly.Module(wait()), impl: "wasm-simd", reason: "" };
+    } catch (err) {
+      result = js(`${file} could not be assembled: ${(err as Error).message}`);
+    }
+    cached.set(file, result);
+  }
+  return files.map((f) => cached.get(f) ?? js("this runtime has no WebAssembly SIMD"));
+}
+
+/** `file` beside this module, or in the repository's src/ when running from dist/ (the bundle keeps src/'s non-TypeScript files). */
+function watPath(file: string): string {
   const here = import.meta.dirname;
   const fromDist = join(here, "..", "..", "..", "..", "src", "backend", "cpu");
-  for (const dir of [here, fromDist]) if (existsSync(join(dir, "linear.wat"))) return join(dir, "linear.wat");
-  throw new Error(`linear.wat not found in ${here} or ${fromDist}`);
+  for (const dir of [here, fromDist]) if (existsSync(join(dir, file))) return join(dir, file);
+  throw new Error(`${file} not found in ${here} or ${fromDist}`);
 }
 
-/** Run wabt in a helper worker and block until it answers: wabt starts asynchronously, the backend is built synchronously. */
-function assembleSync(name: string, source: string): Uint8Array<ArrayBuffer> {
+/**
+ * Start wabt in a helper worker; the returned function blocks until it answers: wabt starts
+ * asynchronously, the backend is built synchronously.
+ */
+function assembleStart(name: string, source: string): () => Uint8Array<ArrayBuffer> {
   const signal = new Int32Array(new SharedArrayBuffer(4));
   const { port1, port2 } = new MessageChannel();
   const worker = new Worker(new URL("./wat-worker.js", import.meta.url), {
     workerData: { name, source, signal, port: port2 },
     transferList: [port2],
   });
-  try {
-    if (Atomics.wait(signal, 0, 0, 30_000) === "timed-out") throw new Error("the assembler worker did not answer in 30 s");
-    const reply = receiveMessageOnPort(port1)?.message as { bytes?: Uint8Array<ArrayBuffer>; error?: string } | undefined;
-    if (!reply?.bytes) throw new Error(reply?.error ?? "the assembler worker sent nothing");
-    return reply.bytes;
-  } finally {
-    void worker.terminate();
-    port1.close();
-  }
+  return () => {
+    try {
+      if (Atomics.wait(signal, 0, 0, 30_000) === "timed-out") throw new Error("the assembler worker did not answer in 30 s");
+      const reply = receiveMessageOnPort(port1)?.message as { bytes?: Uint8Array<ArrayBuffer>; error?: string } | undefined;
+      if (!reply?.bytes) throw new Error(reply?.error ?? "the assembler worker sent nothing");
+      return reply.bytes;
+    } finally {
+      void worker.terminate();
+      port1.close();
+    }
+  };
 }
 
 interface Exports {

@@ -3,16 +3,17 @@ import { type MessagePort, receiveMessageOnPort, workerData } from "node:worker_
 import { Scratch } from "./kernels.js";
 import { runTask, type TaskMessage } from "./pool.js";
 
-const { ctrl, index, tasks, errors, linearModule } = workerData as {
+const { ctrl, index, tasks, errors, linearModule, attentionModule } = workerData as {
   ctrl: Int32Array;
   index: number;
   tasks: MessagePort;
   errors: MessagePort;
   linearModule: WebAssembly.Module | null;
+  attentionModule: WebAssembly.Module | null;
 };
 const PENDING = 0;
 const FAILED = 1;
-const scratch = new Scratch(linearModule);
+const scratch = new Scratch(linearModule, attentionModule);
 
 let seen = 0;
 for (;;) {
