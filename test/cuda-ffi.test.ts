@@ -21,15 +21,8 @@ import {
   type KernelCompiler,
 } from "../src/backend/cuda/compile-cache.js";
 import { DeviceUnavailableError, formatCudaVersion, probeCuda, selectDevice } from "../src/backend/cuda/device.js";
-import {
-  createLinearDescriptors,
-  CublasLt,
-  CUBLASLT_MATRIX_LAYOUT,
-  destroyDescriptors,
-  Gemm,
-  HEURISTIC_RESULT_BYTES,
-  linearLayerLayouts,
-} from "../src/backend/cuda/ffi/cublaslt.js";
+import { CublasLt, CUBLASLT_MATRIX_LAYOUT, HEURISTIC_RESULT_BYTES } from "../src/backend/cuda/ffi/cublaslt.js";
+import { createLinearDescriptors, destroyDescriptors, LinearGemm, linearLayout } from "../src/backend/cuda/linear-gemm.js";
 import { CudaDriver, DevicePtr, Stream, CU_EVENT_DEFAULT } from "../src/backend/cuda/ffi/driver.js";
 import { CudaError, cudaError } from "../src/backend/cuda/ffi/errors.js";
 import {
@@ -833,7 +826,7 @@ describe(
       const lt = CublasLt.load();
       assert.match(lt.versionString, /^\d+\.\d+\.\d+$/);
       for (const dtype of ["bf16", "f16", "f32"] as const) {
-        const d = createLinearDescriptors(lt, dtype, 7, 4096, 1024, 0x7f0000000000n);
+        const d = createLinearDescriptors(lt, dtype, linearLayout(7, 4096, 1024, 1024, 1024, 4096), 0x7f0000000000n);
         lt.matrixLayoutSetAttribute(d.a, CUBLASLT_MATRIX_LAYOUT.BATCH_COUNT, "i32", 1);
         lt.matrixLayoutSetAttribute(d.a, CUBLASLT_MATRIX_LAYOUT.STRIDED_BATCH_OFFSET, "i64", 0);
         destroyDescriptors(lt, d);
@@ -848,7 +841,7 @@ describe(
     });
 
     it("maps a row-major linear layer onto column-major TN", () => {
-      assert.deepEqual(linearLayerLayouts(5, 64, 32), {
+      assert.deepEqual(linearLayout(5, 64, 32, 32, 32, 64), {
         transA: 1,
         transB: 0,
         a: { rows: 32, cols: 64, ld: 32 },
@@ -931,10 +924,10 @@ describe("on a CUDA GPU", { skip: realDriver ? false : NO_DRIVER }, () => {
     drv.streamDestroy(stream);
   });
 
-  it("Gemm matches a CPU reference in bf16, with bias, and caches one plan per shape", () => {
+  it("LinearGemm matches a CPU reference in bf16, with bias, and caches one plan per shape", () => {
     const lt = CublasLt.load();
     const workspace = drv.memAlloc(32 << 20);
-    const gemm = new Gemm(lt, lt.create(), { dtype: "bf16", workspace });
+    const gemm = new LinearGemm(lt, lt.create(), workspace);
     const [m, n, k] = [5, 64, 48];
     const rnd = (i: number) => Math.sin(i * 12.9898) * 0.5;
     const xs = Array.from({ length: m * k }, (_, i) => bf16BitsToF32(f32ToBf16Bits(rnd(i))));
@@ -947,9 +940,22 @@ describe("on a CUDA GPU", { skip: realDriver ? false : NO_DRIVER }, () => {
     };
     const [x, w, bias] = [upload(xs), upload(ws), upload(bs)];
     const y = drv.memAlloc(m * n * 2);
-    gemm.run(y, x, w, m, n, k, Stream.NULL, bias);
-    gemm.run(y, x, w, m, n, k, Stream.NULL, bias);
-    assert.equal(gemm.cachedShapes, 1);
+    const call = {
+      dtype: "bf16" as const,
+      m,
+      n,
+      k,
+      out: y.address,
+      outStride: n,
+      x: x.address,
+      xStride: k,
+      w: w.address,
+      wStride: k,
+      bias: bias.address,
+    };
+    gemm.run(call, Stream.NULL);
+    gemm.run(call, Stream.NULL);
+    assert.equal(gemm.cachedPlans, 1);
     drv.ctxSynchronize();
     const out = new Uint16Array(m * n);
     drv.memcpyDtoHAsync(out, y);

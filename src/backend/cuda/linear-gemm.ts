@@ -100,12 +100,46 @@ export interface LinearCall {
   bias: bigint | null;
 }
 
-interface Plan {
+/** The matmul descriptor and the three operand layouts of one GEMM shape (no handle needed, so checkable without a GPU). */
+export interface GemmDescriptors {
   desc: MatmulDesc;
   a: MatrixLayout;
   b: MatrixLayout;
   d: MatrixLayout;
+}
+
+interface Plan extends GemmDescriptors {
   algos: HeuristicResults;
+}
+
+/** Descriptors for `l` in `dtype`, with f32 accumulation (for f32 data true fp32, no TF32, as the CPU computes); bias: a device address for the epilogue, or null. */
+export function createLinearDescriptors(lt: CublasLt, dtype: GemmDType, l: LinearLayout, bias: bigint | null): GemmDescriptors {
+  const dataType = DATA_TYPE[dtype];
+  const desc = lt.matmulDescCreate(CUBLAS_COMPUTE.C32F, CUDA_R.F32);
+  const layouts: MatrixLayout[] = [];
+  try {
+    lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.TRANSA, "i32", l.transA);
+    lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.TRANSB, "i32", l.transB);
+    if (bias !== null) {
+      lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.EPILOGUE, "u32", CUBLASLT_EPILOGUE.BIAS);
+      lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.BIAS_POINTER, "ptr", bias);
+      lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.BIAS_DATA_TYPE, "i32", dataType);
+    }
+    for (const s of [l.a, l.b, l.d]) layouts.push(lt.matrixLayoutCreate(dataType, s.rows, s.cols, s.ld));
+    const [a, b, d] = layouts as [MatrixLayout, MatrixLayout, MatrixLayout];
+    return { desc, a, b, d };
+  } catch (err) {
+    for (const layout of layouts) lt.matrixLayoutDestroy(layout);
+    lt.matmulDescDestroy(desc);
+    throw err;
+  }
+}
+
+export function destroyDescriptors(lt: CublasLt, d: GemmDescriptors): void {
+  lt.matrixLayoutDestroy(d.a);
+  lt.matrixLayoutDestroy(d.b);
+  lt.matrixLayoutDestroy(d.d);
+  lt.matmulDescDestroy(d.desc);
 }
 
 /** More distinct shapes than this (a serving engine sees one M per batch size) and the oldest plans are dropped. */
@@ -183,27 +217,16 @@ export class LinearGemm {
 
   private createPlan(c: LinearCall, alignA: number, alignB: number, alignD: number): Plan {
     const lt = this.lt;
-    const dataType = DATA_TYPE[c.dtype];
     const l = linearLayout(c.m, c.n, c.k, c.xStride, c.wStride, c.outStride);
-    // f32 accumulation for every dtype; for f32 data this is true fp32 (no TF32), as the CPU backend computes.
-    const desc = lt.matmulDescCreate(CUBLAS_COMPUTE.C32F, CUDA_R.F32);
-    const layouts: MatrixLayout[] = [];
+    const descriptors = createLinearDescriptors(lt, c.dtype, l, c.bias);
     const pref = lt.preferenceCreate();
     try {
-      lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.TRANSA, "i32", l.transA);
-      lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.TRANSB, "i32", l.transB);
-      if (c.bias !== null) {
-        lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.EPILOGUE, "u32", CUBLASLT_EPILOGUE.BIAS);
-        lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.BIAS_POINTER, "ptr", c.bias);
-        lt.matmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC.BIAS_DATA_TYPE, "i32", dataType);
-      }
-      for (const s of [l.a, l.b, l.d]) layouts.push(lt.matrixLayoutCreate(dataType, s.rows, s.cols, s.ld));
       lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, "u64", this.workspace.bytes);
       lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT.A, "u32", alignA);
       lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT.B, "u32", alignB);
       lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT.C, "u32", alignD);
       lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT.D, "u32", alignD);
-      const [a, b, d] = layouts as [MatrixLayout, MatrixLayout, MatrixLayout];
+      const { desc, a, b, d } = descriptors;
       const algos = lt.algoGetHeuristic(this.handle, desc, a, b, d, d, pref, 1);
       if (algos.count === 0) {
         throw new Error(
@@ -211,10 +234,9 @@ export class LinearGemm {
             `and pointer alignments W ${alignA}, x ${alignB}, out ${alignD} bytes; expected row strides and offsets that keep rows 16-byte aligned`,
         );
       }
-      return { desc, a, b, d, algos };
+      return { ...descriptors, algos };
     } catch (err) {
-      for (const layout of layouts) lt.matrixLayoutDestroy(layout);
-      lt.matmulDescDestroy(desc);
+      destroyDescriptors(lt, descriptors);
       throw err;
     } finally {
       lt.preferenceDestroy(pref);
@@ -222,10 +244,7 @@ export class LinearGemm {
   }
 
   private destroyPlan(p: Plan): void {
-    this.lt.matrixLayoutDestroy(p.a);
-    this.lt.matrixLayoutDestroy(p.b);
-    this.lt.matrixLayoutDestroy(p.d);
-    this.lt.matmulDescDestroy(p.desc);
+    destroyDescriptors(this.lt, p);
   }
 }
 
