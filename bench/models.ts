@@ -12,3 +12,16 @@ export const BENCH_MODEL: TinyModelOptions = {
   headDim: 64,
   tieWordEmbeddings: true,
 };
+
+/** npm start's demo model (random weights): Qwen3-shaped, 4 layers of hidden 256, ~40M parameters mostly the tied embedding, bf16. */
+export const DEMO_MODEL: TinyModelOptions = {
+  arch: "qwen3",
+  dtype: "bf16",
+  hiddenSize: 256,
+  numLayers: 4,
+  numHeads: 8,
+  numKvHeads: 4,
+  headDim: 32,
+  intermediateSize: 768,
+  tieWordEmbeddings: true,
+};

@@ -15,21 +15,10 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import puppeteer, { type Browser } from "puppeteer-core";
 import { type BenchResult, runServeBenchmark, type ServeBenchOptions } from "../src/cli/bench-serve.js";
-import { type TinyModelOptions, writeTinyModel } from "../test/helpers/tiny-model.js";
+import { writeTinyModel } from "../test/helpers/tiny-model.js";
 import { flag, machine, numFlag, REPO_ROOT, saveResult } from "./common.js";
+import { DEMO_MODEL } from "./models.js";
 
-/** npm start's demo model (scripts/start.ts). */
-const DEMO: TinyModelOptions = {
-  arch: "qwen3",
-  dtype: "bf16",
-  hiddenSize: 256,
-  numLayers: 4,
-  numHeads: 8,
-  numKvHeads: 4,
-  headDim: 32,
-  intermediateSize: 768,
-  tieWordEmbeddings: true,
-};
 const CLI = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 const CHROMIUM = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => p && existsSync(p));
 
@@ -39,7 +28,7 @@ const stubPrompts = numFlag("stub-prompts", 1024);
 const dashboardRounds = numFlag("dashboard-rounds", 3);
 
 const modelDir = join(REPO_ROOT, ".cache", "demo-model");
-if (!existsSync(join(modelDir, "config.json"))) writeTinyModel(modelDir, DEMO);
+if (!existsSync(join(modelDir, "config.json"))) writeTinyModel(modelDir, DEMO_MODEL);
 
 interface Server {
   url: string;

@@ -8,26 +8,16 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type TinyModelOptions, tinyModelParameters, writeTinyModel } from "../test/helpers/tiny-model.js";
+import { DEMO_MODEL } from "../bench/models.js";
+import { tinyModelParameters, writeTinyModel } from "../test/helpers/tiny-model.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const modelDir = process.env.TOKAMAK_DEMO_MODEL ?? join(root, ".cache", "demo-model");
-const DEMO: TinyModelOptions = {
-  arch: "qwen3",
-  dtype: "bf16",
-  hiddenSize: 256,
-  numLayers: 4,
-  numHeads: 8,
-  numKvHeads: 4,
-  headDim: 32,
-  intermediateSize: 768,
-  tieWordEmbeddings: true,
-};
 
 if (!existsSync(join(modelDir, "config.json"))) {
-  const millions = (tinyModelParameters(DEMO) / 1e6).toFixed(1);
+  const millions = (tinyModelParameters(DEMO_MODEL) / 1e6).toFixed(1);
   process.stderr.write(`writing a demo model with RANDOM weights (${millions}M parameters, Qwen3 shape) to ${modelDir}\n`);
-  writeTinyModel(modelDir, DEMO);
+  writeTinyModel(modelDir, DEMO_MODEL);
 }
 process.stderr.write(
   "the demo model's weights are RANDOM: its text is gibberish by design; use it to try the API, the metrics and the figures.\n" +
