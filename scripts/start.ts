@@ -6,6 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { constants } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEMO_MODEL } from "../bench/models.js";
@@ -26,6 +27,12 @@ process.stderr.write(
 );
 const cli = join(root, "dist", "src", "cli", "main.js");
 const args = ["serve", modelDir, "--served-model-name", "tokamak-demo", "--kv-cache-memory", "1GiB", ...process.argv.slice(2)];
-const child = spawn(process.execPath, [cli, ...args], { stdio: "inherit" });
-for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => child.kill(sig));
-child.on("exit", (code) => process.exit(code ?? 1));
+// The IPC channel lets the server see this script go, even by SIGKILL; signals are passed on.
+const child = spawn(process.execPath, [cli, ...args], { stdio: ["inherit", "inherit", "inherit", "ipc"] });
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, () => child.kill(sig));
+child.on("exit", (code, signal) => process.exit(code ?? 128 + (signal ? constants.signals[signal] : 0)));
+// When our own parent (npm) dies we are re-parented: stop the server rather than leave it running.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) child.kill("SIGTERM");
+}, 500).unref();

@@ -274,11 +274,12 @@ describe("the Vercel AI SDK", () => {
 });
 
 describe("errors in OpenAI's shape", () => {
-  it("401 without or with a wrong API key; health and metrics stay open", async () => {
+  it("401 without or with a wrong API key; health stays open, metrics need the key (no --metrics-no-auth here)", async () => {
     assertOpenAIError(await raw("/v1/models", undefined, { authorization: "" }), 401, /API key/);
     assertOpenAIError(await raw("/v1/models", undefined, { authorization: "Bearer nope" }), 401, /API key/);
     assert.equal((await fetch(`${server.url}/health`)).status, 200);
-    assert.equal((await fetch(`${server.url}/metrics`)).status, 200);
+    assert.equal((await fetch(`${server.url}/metrics`)).status, 401);
+    assert.equal((await raw("/metrics")).status, 200);
   });
 
   it("invalid JSON, wrong types, missing fields, out-of-range values", async () => {
@@ -364,7 +365,7 @@ describe("load, disconnects and metrics", () => {
   });
 
   it("metrics: vLLM's names under tokamak:, labelled with the model name, moving with traffic", async () => {
-    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const text = (await raw("/metrics")).json as string;
     for (const name of [
       "tokamak:num_requests_running",
       "tokamak:num_requests_waiting",

@@ -7,7 +7,8 @@ import { parseDType } from "../backend/dtype.js";
 import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { progressBar } from "./progress.js";
-import { startServer, VERSION } from "../server/serve.js";
+import { apiKeyProblem } from "../server/auth.js";
+import { type RunningServer, startServer, VERSION } from "../server/serve.js";
 import { registerPlan } from "./plan.js";
 import { registerBenchServe } from "./bench-serve.js";
 
@@ -99,6 +100,10 @@ interface ServeFlags {
   threads?: number;
   maxQueueLen: number;
   shutdownTimeout: number;
+  metricsNoAuth: boolean;
+  requestTimeout: number;
+  headersTimeout: number;
+  maxConnections: number;
   device: string;
   stubModel: boolean;
 }
@@ -121,13 +126,20 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       `--generation-config must be "auto" (use the model's generation_config.json) or "vllm" (ignore it), got "${flags.generationConfig}"`,
     );
   }
+  const apiKey = flags.apiKey ?? process.env.TOKAMAK_API_KEY;
+  const keyProblem = apiKey === undefined ? null : apiKeyProblem(apiKey);
+  if (keyProblem) throw new Error(`--api-key: ${keyProblem}`);
   const bar = progressBar("loading weights");
   const server = await startServer(modelDir, {
     host: flags.host,
     port: flags.port,
-    apiKey: flags.apiKey ?? process.env.TOKAMAK_API_KEY,
+    apiKey,
+    metricsNoAuth: flags.metricsNoAuth,
     servedModelName: flags.servedModelName,
     maxQueueLen: flags.maxQueueLen,
+    requestTimeout: flags.requestTimeout,
+    headersTimeout: flags.headersTimeout,
+    maxConnections: flags.maxConnections,
     stubModel: flags.stubModel,
     onProgress: bar,
     engine: {
@@ -146,12 +158,18 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
     },
   });
   bar.end();
+  // Handlers first: a supervisor may signal as soon as it reads the banner.
+  handleShutdownSignals(server, flags.shutdownTimeout);
   const i = server.engine.info;
   process.stderr.write(
     `tokamak ${VERSION}: serving ${modelDir} as "${(flags.servedModelName ?? [])[0] ?? "(folder name)"}" on ${i.backend} (${i.threads} threads; ` +
       `${i.device}), max model len ${i.maxModelLen}, KV cache ${i.config.numBlocks} blocks × ${i.config.blockSize} tokens\n` +
       `OpenAI-compatible API at ${server.url}/v1 (try: curl ${server.url}/v1/models); metrics at ${server.url}/metrics\n`,
   );
+}
+
+/** SIGTERM/SIGINT (or the loss of an IPC parent) drain the server, then exit 0; a second signal exits at once. */
+function handleShutdownSignals(server: RunningServer, shutdownTimeout: number): void {
   let firstSignalAt = 0;
   const stop = (sig: string) => {
     // A signal sent to the whole process group can reach us twice (directly and forwarded by a parent): a repeat within a second is the same one.
@@ -161,14 +179,30 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       process.exit(1);
     }
     firstSignalAt = Date.now();
-    process.stderr.write(`${sig}: no new requests; draining in-flight ones for up to ${flags.shutdownTimeout} s\n`);
-    void server.shutdown(flags.shutdownTimeout * 1000).then((r) => {
-      process.stderr.write(r.drained ? "drained; bye\n" : `timed out: aborted ${r.aborted} requests; bye\n`);
-      process.exit(0);
-    });
+    process.stderr.write(`${sig}: no new requests; draining in-flight ones for up to ${shutdownTimeout} s\n`);
+    // A backstop: the drain is bounded by the timeout, so this firing means something hung.
+    setTimeout(
+      () => {
+        process.stderr.write("shutdown did not finish in time; exiting\n");
+        process.exit(1);
+      },
+      shutdownTimeout * 1000 + 5000,
+    ).unref();
+    server.shutdown(shutdownTimeout * 1000).then(
+      (r) => {
+        process.stderr.write(r.drained ? "drained; bye\n" : `timed out: ended ${r.aborted} requests with an error; bye\n`);
+        process.exit(0);
+      },
+      (err: Error) => {
+        process.stderr.write(`shutdown failed: ${err.message}\n`);
+        process.exit(1);
+      },
+    );
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Started by a parent with an IPC channel (npm start): when that parent goes, even by SIGKILL, go too.
+  if (process.send) process.on("disconnect", () => stop("parent exited"));
 }
 
 export function buildProgram(): Command {
@@ -195,7 +229,11 @@ export function buildProgram(): Command {
     .argument("<model-dir>", "folder with config.json, *.safetensors and tokenizer.json")
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .option("--port <port>", "port to listen on (0: any free port)", intArg("--port", 0), 8000)
-    .option("--api-key <key>", "require Authorization: Bearer <key> on /v1 (default: $TOKAMAK_API_KEY)")
+    .option(
+      "--api-key <key>",
+      "require Authorization: Bearer <key> on every route but /health, /version and the dashboard page: /v1/*, /tokenize, /detokenize, the dashboard's data, /metrics (default: $TOKAMAK_API_KEY)",
+    )
+    .option("--metrics-no-auth", "serve /metrics without the API key (for Prometheus scrapers that have none)", false)
     .option("--served-model-name <names...>", "model names clients may use (default: the folder name)")
     .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
     .option("--max-num-batched-tokens <n>", "tokens per engine step (default 8192)", intArg("--max-num-batched-tokens", 1))
@@ -214,8 +252,26 @@ export function buildProgram(): Command {
     .option("--seed <s>", "engine seed for requests without one", intArg("--seed", 0), 0)
     .option("--generation-config <mode>", "auto: request defaults from generation_config.json; vllm: ignore it", "auto")
     .option("--threads <n>", "CPU threads (default: all cores)", intArg("--threads", 1))
-    .option("--max-queue-len <n>", "requests that may wait beyond the running batch before 429", intArg("--max-queue-len", 0), 1024)
-    .option("--shutdown-timeout <s>", "seconds to drain in-flight requests on SIGTERM", intArg("--shutdown-timeout", 0), 30)
+    .option(
+      "--max-queue-len <n>",
+      "sequences (prompts × n of each request) that may wait beyond the running batch before new requests get 429",
+      intArg("--max-queue-len", 0),
+      1024,
+    )
+    .option(
+      "--shutdown-timeout <s>",
+      "on SIGTERM: new requests get 503, in-flight ones finish for up to this many seconds, then end with an error; the process exits 0 by then",
+      intArg("--shutdown-timeout", 0),
+      30,
+    )
+    .option(
+      "--request-timeout <s>",
+      "seconds a request's headers and body may take to arrive (slow clients get 408)",
+      intArg("--request-timeout", 1),
+      60,
+    )
+    .option("--headers-timeout <s>", "seconds a request's headers may take to arrive", intArg("--headers-timeout", 1), 20)
+    .option("--max-connections <n>", "open HTTP connections at most; more are refused", intArg("--max-connections", 1), 4096)
     .option("--device <device>", "auto (CUDA when usable, else CPU; says which and why), cpu or cuda", "auto")
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));

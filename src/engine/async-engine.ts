@@ -171,6 +171,13 @@ export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
     return this.streams.size;
   }
 
+  /** Sequences not yet finished over all streaming requests (a request with n=4 counts up to 4). */
+  get numSequencesInFlight(): number {
+    let n = 0;
+    for (const s of this.streams.values()) n += s.n - s.finished;
+    return n;
+  }
+
   /**
    * Queue a request and stream its outputs (for n > 1, every completion's,
    * tagged by index). Breaking out of the loop, or `signal` firing, aborts it.

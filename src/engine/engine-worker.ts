@@ -68,7 +68,7 @@ function openStub(init: WorkerInit): Session {
   const o = init.options;
   const config = loadConfig(init.modelDir);
   const tokenizer = Tokenizer.fromDir(init.modelDir);
-  const gen = loadGenerationDefaults(init.modelDir);
+  const gen = loadGenerationDefaults(init.modelDir, { ignoreSampling: o.ignoreGenerationConfig });
   const maxModelLen = o.maxModelLen ?? config.maxPositionEmbeddings;
   const maxNumSeqs = o.maxNumSeqs ?? 256;
   const engineConfig: EngineConfig = {
@@ -129,6 +129,7 @@ async function main(init: WorkerInit): Promise<void> {
   post({ type: "ready", info });
 
   for (;;) {
+    let aborted = false;
     while (inbox.length > 0) {
       const m = inbox.shift()!;
       switch (m.type) {
@@ -141,7 +142,7 @@ async function main(init: WorkerInit): Promise<void> {
           }
           break;
         case "abort":
-          core.abort(m.requestId);
+          aborted = core.abort(m.requestId) || aborted;
           break;
         case "stats":
           post({ type: "stats", id: m.id, stats: core.stats() });
@@ -156,6 +157,8 @@ async function main(init: WorkerInit): Promise<void> {
           return;
       }
     }
+    // An abort changes the gauges without a step (it may leave the engine idle): report them now, not at the next request.
+    if (aborted) post({ type: "outputs", outputs: [], stats: core.stats() });
     if (core.hasUnfinished) {
       try {
         const outputs = core.step();

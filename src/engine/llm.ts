@@ -67,6 +67,19 @@ export function kvCacheBudget(backend: Backend, o: EngineOptions): number {
   return Math.min(budget, Math.max(0, report.device.freeBytes - headroom));
 }
 
+/**
+ * The KV cache's capacity in tokens when it is known before the weights load (a block count, or a fixed
+ * byte budget as on CPU), so a max model length it cannot hold fails before anything is allocated.
+ * Undefined on a GPU sized by utilization: that budget is what remains after loading.
+ */
+function kvCacheTokensBeforeLoad(modelDir: string, backend: Backend, o: EngineOptions): number | undefined {
+  const blockSize = o.blockSize ?? 16;
+  if (o.numBlocks !== undefined) return o.numBlocks * blockSize;
+  if (o.kvCacheMemory === undefined && backend.name !== "cpu") return undefined;
+  const perBlock = blockSize * kvBytesPerToken(loadConfig(modelDir), backend);
+  return Math.floor(kvCacheBudget(backend, o) / perBlock) * blockSize;
+}
+
 /** The engine's resolved settings, vLLM's defaults where not given. */
 export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: EngineOptions): EngineConfig {
   const blockSize = o.blockSize ?? 16;
@@ -152,8 +165,11 @@ export class LLM {
       }
     }
     const maxNumBatchedTokens = opts.maxNumBatchedTokens ?? 8192;
+    // Read before the weights: a bad generation_config.json fails in a moment, not after a long load.
+    const gen = loadGenerationDefaults(modelDir, { ignoreSampling: opts.ignoreGenerationConfig });
     const loaded = loadModel(modelDir, backend, {
       maxModelLen: opts.maxModelLen,
+      kvCacheTokens: kvCacheTokensBeforeLoad(modelDir, backend, opts),
       maxNumTokens: maxNumBatchedTokens,
       maxNumSeqs: opts.maxNumSeqs ?? 256,
       dtype: opts.dtype,
@@ -163,7 +179,6 @@ export class LLM {
     try {
       const config = resolveEngineConfig(loaded, backend, { ...opts, maxNumBatchedTokens });
       const tokenizer = existsSync(join(modelDir, "tokenizer.json")) ? Tokenizer.fromDir(modelDir) : null;
-      const gen = loadGenerationDefaults(modelDir);
       const eos = [...new Set([...(tokenizer?.eosTokenIds ?? []), ...gen.eosTokenIds, ...loaded.config.eosTokenIds])];
       runner = new ModelRunner(loaded.model, { numBlocks: config.numBlocks, blockSize: config.blockSize, maxModelLen: loaded.maxModelLen });
       const llm = new LLM(backend, loaded, runner, tokenizer, opts.ignoreGenerationConfig ? {} : gen.sampling, config, eos);

@@ -55,6 +55,8 @@ export class SamplingParamsError extends Error {
   constructor(
     readonly param: string,
     message: string,
+    /** The accepted range, e.g. "a number >= 0". */
+    readonly expected = "",
   ) {
     super(message);
     this.name = "SamplingParamsError";
@@ -66,7 +68,7 @@ export function resolveSamplingParams(given: Partial<SamplingParams>, modelDefau
   const p: SamplingParams = { ...DEFAULT_SAMPLING, ...stripUndefined(modelDefaults), ...stripUndefined(given) };
   if (p.topK === -1) p.topK = 0; // vLLM's spelling of "disabled"
   const check = (ok: boolean, param: string, expected: string, value: unknown) => {
-    if (!ok) throw new SamplingParamsError(param, `${param} must be ${expected}, got ${JSON.stringify(value)}`);
+    if (!ok) throw new SamplingParamsError(param, `${param} must be ${expected}, got ${JSON.stringify(value)}`, expected);
   };
   const int = (v: number) => Number.isInteger(v);
   check(int(p.n) && p.n >= 1 && p.n <= 128, "n", "an integer in [1, 128]", p.n);

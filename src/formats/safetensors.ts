@@ -2,6 +2,7 @@ import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, wri
 import { basename, join } from "node:path";
 import type { DType } from "../backend/dtype.js";
 import { dtypeBytes } from "../backend/dtype.js";
+import { checkRegularFile } from "./regular-file.js";
 
 /** One tensor's place in a safetensors file. */
 export interface TensorInfo {
@@ -43,6 +44,7 @@ export class SafetensorsFile {
 
   static open(path: string): SafetensorsFile {
     if (!existsSync(path)) throw new FormatError(`${path}: file not found`);
+    checkRegularFile(path, FormatError);
     const fd = openSync(path, "r");
     const file = new SafetensorsFile(path, fd, fstatSync(fd).size);
     try {
@@ -77,39 +79,62 @@ export class SafetensorsFile {
       throw new FormatError(`${where}: header must be a JSON object of tensors`);
     }
     const dataStart = 8 + headerLen;
-    const dataBytes = this.fileSize - dataStart;
     for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
       if (name === "__metadata__") {
-        Object.assign(this.metadata, raw);
+        if (typeof raw === "object" && raw !== null) Object.assign(this.metadata, raw);
         continue;
       }
-      const entry = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      const t = `${where}: tensor "${name}"`;
-      const dtype = typeof entry.dtype === "string" ? ST_DTYPES[entry.dtype] : undefined;
-      if (!dtype) {
+      const { dtype, shape, begin, end } = this.parseEntry(name, raw, this.fileSize - dataStart);
+      this.tensors.set(name, { name, dtype, shape, fileOffset: dataStart + begin, byteLength: end - begin, path: this.path });
+    }
+    this.checkNoOverlap(dataStart);
+  }
+
+  /** One header entry, checked: dtype, shape, and data_offsets that match the shape and lie inside the file. */
+  private parseEntry(name: string, raw: unknown, dataBytes: number): { dtype: DType; shape: number[]; begin: number; end: number } {
+    const t = `${this.path}: tensor "${name}"`;
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+      throw new FormatError(`${t} must be an object with dtype, shape and data_offsets, got ${JSON.stringify(raw)}`);
+    }
+    const entry = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    const dtype = typeof entry.dtype === "string" ? ST_DTYPES[entry.dtype] : undefined;
+    if (!dtype) {
+      throw new FormatError(
+        `${t} has unsupported dtype ${JSON.stringify(entry.dtype)}; expected one of ${Object.keys(ST_DTYPES).join(", ")}`,
+      );
+    }
+    if (!Array.isArray(entry.shape) || !entry.shape.every((d) => Number.isInteger(d) && d >= 0)) {
+      throw new FormatError(`${t} has an invalid shape ${JSON.stringify(entry.shape)}`);
+    }
+    const offs = entry.data_offsets;
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0) || offs[1] < offs[0]) {
+      throw new FormatError(`${t} has invalid data_offsets ${JSON.stringify(offs)}`);
+    }
+    const shape = entry.shape as number[];
+    const [begin, end] = offs as [number, number];
+    const expected = shape.reduce((a, b) => a * b, 1) * dtypeBytes(dtype);
+    if (end - begin !== expected) {
+      throw new FormatError(`${t}: data_offsets span ${end - begin} bytes but shape [${shape}] of ${entry.dtype} needs ${expected}`);
+    }
+    if (end > dataBytes) {
+      throw new FormatError(
+        `${t}: data_offsets [${begin}, ${end}] run past the end of the file (${dataBytes} data bytes); the file is truncated or corrupt`,
+      );
+    }
+    return { dtype, shape, begin, end };
+  }
+
+  /** Two tensors sharing bytes means a corrupt header (the reference loader rejects it too). */
+  private checkNoOverlap(dataStart: number): void {
+    const spans = [...this.tensors.values()].filter((t) => t.byteLength > 0).sort((a, b) => a.fileOffset - b.fileOffset);
+    for (let i = 1; i < spans.length; i++) {
+      const [a, b] = [spans[i - 1]!, spans[i]!];
+      if (b.fileOffset < a.fileOffset + a.byteLength) {
+        const range = (t: TensorInfo) => `[${t.fileOffset - dataStart}, ${t.fileOffset - dataStart + t.byteLength}]`;
         throw new FormatError(
-          `${t} has unsupported dtype ${JSON.stringify(entry.dtype)}; expected one of ${Object.keys(ST_DTYPES).join(", ")}`,
+          `${this.path}: tensors "${a.name}" ${range(a)} and "${b.name}" ${range(b)} overlap; each tensor needs its own data_offsets`,
         );
       }
-      if (!Array.isArray(entry.shape) || !entry.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-        throw new FormatError(`${t} has an invalid shape ${JSON.stringify(entry.shape)}`);
-      }
-      const offs = entry.data_offsets;
-      if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0) || offs[1] < offs[0]) {
-        throw new FormatError(`${t} has invalid data_offsets ${JSON.stringify(offs)}`);
-      }
-      const shape = entry.shape as number[];
-      const [begin, end] = offs as [number, number];
-      const expected = shape.reduce((a, b) => a * b, 1) * dtypeBytes(dtype);
-      if (end - begin !== expected) {
-        throw new FormatError(`${t}: data_offsets span ${end - begin} bytes but shape [${shape}] of ${entry.dtype} needs ${expected}`);
-      }
-      if (end > dataBytes) {
-        throw new FormatError(
-          `${t}: data_offsets [${begin}, ${end}] run past the end of the file (${dataBytes} data bytes); the file is truncated or corrupt`,
-        );
-      }
-      this.tensors.set(name, { name, dtype, shape, fileOffset: dataStart + begin, byteLength: expected, path: this.path });
     }
   }
 
@@ -146,16 +171,7 @@ export class SafetensorsCheckpoint {
     const single = join(dir, "model.safetensors");
     let shardNames: string[];
     if (existsSync(indexPath)) {
-      let index: { weight_map?: Record<string, string> };
-      try {
-        index = JSON.parse(readFileSync(indexPath, "utf8"));
-      } catch (err) {
-        throw new FormatError(`${indexPath}: not valid JSON (${(err as Error).message})`);
-      }
-      if (!index.weight_map || typeof index.weight_map !== "object") {
-        throw new FormatError(`${indexPath}: missing "weight_map" object`);
-      }
-      shardNames = [...new Set(Object.values(index.weight_map))];
+      shardNames = readShardNames(indexPath);
     } else if (existsSync(single)) {
       shardNames = ["model.safetensors"];
     } else {
@@ -187,6 +203,27 @@ export class SafetensorsCheckpoint {
     for (const f of this.files.values()) f.close();
     this.files.clear();
   }
+}
+
+/** The shard files `model.safetensors.index.json` maps tensors to, each once. */
+function readShardNames(indexPath: string): string[] {
+  checkRegularFile(indexPath, FormatError);
+  let index: unknown;
+  try {
+    index = JSON.parse(readFileSync(indexPath, "utf8"));
+  } catch (err) {
+    throw new FormatError(`${indexPath}: not valid JSON (${(err as Error).message})`);
+  }
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
+    throw new FormatError(`${indexPath}: missing "weight_map" object (tensor name to shard file name)`);
+  }
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== "string" || shard === "") {
+      throw new FormatError(`${indexPath}: weight_map["${name}"] must be a shard file name (a string), got ${JSON.stringify(shard)}`);
+    }
+  }
+  return [...new Set(Object.values(weightMap as Record<string, string>))];
 }
 
 export interface TensorToWrite {

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { type DType, parseDType } from "../backend/dtype.js";
+import { checkRegularFile } from "../formats/regular-file.js";
 
 /** Architectures written against the Llama forward pass, and what differs between them. */
 export const ARCHITECTURES = {
@@ -56,6 +57,7 @@ export class ConfigError extends Error {
 export function loadConfig(modelDir: string): ModelConfig {
   const path = join(modelDir, "config.json");
   if (!existsSync(path)) throw new ConfigError(`${path}: not found; a Hugging Face model folder needs a config.json`);
+  checkRegularFile(path, ConfigError);
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(path, "utf8"));
@@ -81,8 +83,8 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   const int = (key: string, fallback?: number): number => {
     const v = c[key] ?? fallback;
     if (v === undefined) throw new ConfigError(`${where}: missing required key "${key}" (a positive integer)`);
-    if (!Number.isInteger(v) || (v as number) <= 0)
-      throw new ConfigError(`${where}: "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+    if (!Number.isInteger(v) || (v as number) <= 0 || (v as number) > MAX_INT32)
+      throw new ConfigError(`${where}: "${key}" must be a positive integer at most ${MAX_INT32}, got ${JSON.stringify(v)}`);
     return v as number;
   };
   const num = (key: string, fallback: number): number => {
@@ -102,8 +104,10 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   }
   if (headDim % 2 !== 0) throw new ConfigError(`${where}: head_dim ${headDim} must be even for rotary embeddings`);
   const attentionBias = c.attention_bias === true;
-  const slidingWindow = typeof c.sliding_window === "number" && c.use_sliding_window !== false ? c.sliding_window : null;
-  return {
+  // Qwen2 configs carry a sliding_window they do not use unless use_sliding_window is set; only a window in effect is checked.
+  const windowed = arch === "Qwen2ForCausalLM" ? c.use_sliding_window === true : c.use_sliding_window !== false;
+  const slidingWindow = windowed && c.sliding_window != null ? int("sliding_window") : null;
+  const config: ModelConfig = {
     architecture: arch,
     modelType: typeof c.model_type === "string" ? c.model_type : arch,
     hiddenSize,
@@ -122,11 +126,55 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     oBias: attentionBias,
     mlpBias: c.mlp_bias === true,
     qkNorm: traits.qkNorm,
-    slidingWindow: arch === "Qwen2ForCausalLM" && c.use_sliding_window !== true ? null : slidingWindow,
+    slidingWindow,
     torchDtype: typeof c.torch_dtype === "string" ? parseDType(c.torch_dtype, `${where}: "torch_dtype"`) : null,
     bosTokenId: typeof c.bos_token_id === "number" ? c.bos_token_id : null,
     eosTokenIds: tokenIdList(c.eos_token_id),
   };
+  checkTensorSizes(config, where);
+  return config;
+}
+
+/** Sizes, token ids and positions are int32 in the kernels. */
+const MAX_INT32 = 2 ** 31 - 1;
+/** About twice the largest tensor of any released model (Llama 3.1 405B's embedding, 2.1e9 elements). */
+const MAX_TENSOR_ELEMENTS = 2 ** 32;
+
+/** A product of sizes no real checkpoint has means a corrupt config: say so before anything is sized by it. */
+function checkTensorSizes(c: ModelConfig, where: string): void {
+  const tensors: [string, [string, number][]][] = [
+    [
+      "model.embed_tokens.weight",
+      [
+        ["vocab_size", c.vocabSize],
+        ["hidden_size", c.hiddenSize],
+      ],
+    ],
+    [
+      "q_proj.weight",
+      [
+        ["num_attention_heads", c.numHeads],
+        ["head_dim", c.headDim],
+        ["hidden_size", c.hiddenSize],
+      ],
+    ],
+    [
+      "mlp.gate_proj.weight",
+      [
+        ["intermediate_size", c.intermediateSize],
+        ["hidden_size", c.hiddenSize],
+      ],
+    ],
+  ];
+  for (const [tensor, keys] of tensors) {
+    const elements = keys.reduce((a, [, v]) => a * v, 1);
+    if (elements > MAX_TENSOR_ELEMENTS) {
+      throw new ConfigError(
+        `${where}: ${keys.map(([k, v]) => `"${k}" ${v}`).join(" × ")} make ${tensor} ${elements.toExponential(2)} elements, ` +
+          `more than any model's tensor (at most ${MAX_TENSOR_ELEMENTS}); the config is corrupt`,
+      );
+    }
+  }
 }
 
 export function tokenIdList(v: unknown): number[] {
@@ -150,14 +198,30 @@ function parseRopeScaling(v: unknown, where: string): RopeScaling {
     case "linear":
       return { type: "linear", factor: factor() };
     case "llama3":
-      return {
-        type: "llama3",
-        factor: factor(),
-        lowFreqFactor: typeof r.low_freq_factor === "number" ? r.low_freq_factor : 1,
-        highFreqFactor: typeof r.high_freq_factor === "number" ? r.high_freq_factor : 4,
-        originalMaxPositions: typeof r.original_max_position_embeddings === "number" ? r.original_max_position_embeddings : 8192,
-      };
+      return parseLlama3Scaling(r, factor(), where);
     default:
       throw new ConfigError(`${where}: rope_scaling type ${JSON.stringify(type)} is not supported; supported: default, linear, llama3`);
   }
+}
+
+function parseLlama3Scaling(r: Record<string, unknown>, factor: number, where: string): RopeScaling {
+  const positive = (key: string, fallback: number): number => {
+    const v = r[key] ?? fallback;
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0)
+      throw new ConfigError(`${where}: rope_scaling.${key} must be a positive number, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const lowFreqFactor = positive("low_freq_factor", 1);
+  const highFreqFactor = positive("high_freq_factor", 4);
+  // The blend between them divides by their difference.
+  if (highFreqFactor <= lowFreqFactor) {
+    throw new ConfigError(`${where}: rope_scaling.high_freq_factor ${highFreqFactor} must exceed low_freq_factor ${lowFreqFactor}`);
+  }
+  return {
+    type: "llama3",
+    factor,
+    lowFreqFactor,
+    highFreqFactor,
+    originalMaxPositions: positive("original_max_position_embeddings", 8192),
+  };
 }

@@ -15,7 +15,7 @@ import { dtypeBytes } from "../backend/dtype.js";
 import { Tensor } from "../backend/tensor.js";
 import { type ArenaPlan, type BufferRequest, planArena } from "./arena.js";
 import type { ModelConfig } from "./config.js";
-import type { LlamaWeights } from "./weights.js";
+import { freeLlamaWeights, type LlamaWeights } from "./weights.js";
 
 /** One flat batch: the new tokens of every scheduled sequence, back to back. */
 export interface ForwardBatch {
@@ -163,10 +163,8 @@ export class LlamaModel {
 
   /** Free the weights, rotary tables and activation arena. */
   dispose(): void {
-    const w = this.weights;
-    const tensors = [w.embed, w.lmHead, w.norm, this.rope.cos, this.rope.sin, this.arena];
-    for (const layer of w.layers) tensors.push(...Object.values(layer).filter((t): t is Tensor => t instanceof Tensor));
-    for (const storage of new Set(tensors.map((t) => t.storage))) this.backend.free(storage);
+    for (const t of [this.rope.cos, this.rope.sin, this.arena]) this.backend.free(t.storage);
+    freeLlamaWeights(this.backend, this.weights);
   }
 
   private attention(l: number, x: Tensor, batch: ForwardBatch, kv: KVCache): void {

@@ -69,27 +69,33 @@ export function weightAllocations(
     parameters += n;
     bytes += buffer(n, act);
   };
-  for (let l = 0; l < c.numLayers; l++) {
-    vector(H);
-    matrix((Hq + 2 * Hkv) * D, H);
-    if (c.qkvBias) vector((Hq + 2 * Hkv) * D);
-    if (c.qkNorm) {
-      vector(D);
-      vector(D);
-    }
-    matrix(H, Hq * D);
-    if (c.oBias) vector(H);
-    vector(H);
-    matrix(2 * I, H);
-    if (c.mlpBias) vector(2 * I);
-    matrix(H, I);
-    if (c.mlpBias) vector(H);
+  // One layer, then scaled: every layer has the same shapes, and a config may claim absurdly many.
+  vector(H);
+  matrix((Hq + 2 * Hkv) * D, H);
+  if (c.qkvBias) vector((Hq + 2 * Hkv) * D);
+  if (c.qkNorm) {
+    vector(D);
+    vector(D);
   }
+  matrix(H, Hq * D);
+  if (c.oBias) vector(H);
+  vector(H);
+  matrix(2 * I, H);
+  if (c.mlpBias) vector(2 * I);
+  matrix(H, I);
+  if (c.mlpBias) vector(H);
+  parameters *= c.numLayers;
+  bytes *= c.numLayers;
   matrix(V, H);
   vector(H);
   if (!c.tieWordEmbeddings) matrix(V, H);
-  const ropeBytes = 2 * buffer(maxModelLen * (D / 2), "f32");
+  const ropeBytes = ropeTableBytes(c, maxModelLen);
   return { parameters, bytes: bytes + ropeBytes, ropeBytes };
+}
+
+/** The rotary cos and sin tables (f32, one row of head_dim/2 per position). */
+export function ropeTableBytes(c: ModelConfig, maxModelLen: number): number {
+  return 2 * buffer(maxModelLen * (c.headDim / 2), "f32");
 }
 
 /** The model runner's per-step input buffers (token ids, positions, slot mapping, sequence metadata, block tables). */

@@ -1,4 +1,5 @@
 import type { Backend, RopeTable } from "../backend/backend.js";
+import type { Tensor } from "../backend/tensor.js";
 import type { ModelConfig } from "./config.js";
 
 /**
@@ -32,24 +33,36 @@ export function inverseFrequencies(config: ModelConfig, rotaryDim: number): Floa
   return inv;
 }
 
+/** Positions computed per write: bounds the host memory the tables pass through, however long the context. */
+const ROPE_CHUNK = 1 << 16;
+
 /** cos/sin tables for positions [0, maxPositions), computed once at load like HF does (f32 angles). */
 export function buildRopeTable(backend: Backend, config: ModelConfig, maxPositions: number): RopeTable {
   const rotaryDim = config.headDim;
   const half = rotaryDim / 2;
   const inv = Float32Array.from(inverseFrequencies(config, rotaryDim));
-  const cos = new Float32Array(maxPositions * half);
-  const sin = new Float32Array(maxPositions * half);
-  const angle = new Float32Array(1);
-  for (let p = 0; p < maxPositions; p++) {
-    for (let i = 0; i < half; i++) {
-      angle[0] = p * inv[i]!;
-      cos[p * half + i] = Math.cos(angle[0]!);
-      sin[p * half + i] = Math.sin(angle[0]!);
-    }
-  }
   const cosT = backend.alloc([maxPositions, half], "f32", "weights", "rope.cos");
-  const sinT = backend.alloc([maxPositions, half], "f32", "weights", "rope.sin");
-  backend.write(cosT, cos);
-  backend.write(sinT, sin);
+  let sinT: Tensor;
+  try {
+    sinT = backend.alloc([maxPositions, half], "f32", "weights", "rope.sin");
+  } catch (err) {
+    backend.free(cosT.storage);
+    throw err;
+  }
+  const angle = new Float32Array(1);
+  for (let start = 0; start < maxPositions; start += ROPE_CHUNK) {
+    const n = Math.min(ROPE_CHUNK, maxPositions - start);
+    const cos = new Float32Array(n * half);
+    const sin = new Float32Array(n * half);
+    for (let p = 0; p < n; p++) {
+      for (let i = 0; i < half; i++) {
+        angle[0] = (start + p) * inv[i]!;
+        cos[p * half + i] = Math.cos(angle[0]!);
+        sin[p * half + i] = Math.sin(angle[0]!);
+      }
+    }
+    backend.write(cosT.rows(start, n), cos);
+    backend.write(sinT.rows(start, n), sin);
+  }
   return { cos: cosT, sin: sinT, rotaryDim, maxPositions };
 }

@@ -12,9 +12,12 @@ import type { TokenLogprob } from "../engine/sampler.js";
 import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
 import { ChatTemplateError } from "../tokenizer/chat-template.js";
 import type { Tokenizer } from "../tokenizer/tokenizer.js";
+import { bearerCheck, protectRoutes } from "./auth.js";
 import { registerDashboard, SlidingWindow } from "./dashboard.js";
 import { ApiError, badParam } from "./errors.js";
+import { registerJsonParser } from "./json-body.js";
 import type { Metrics } from "./metrics.js";
+import { OffThreadTokenizer } from "./off-thread-tokenizer.js";
 import {
   type ChatRequest,
   type CommonRequest,
@@ -32,17 +35,35 @@ export interface AppOptions {
   servedModelNames: string[];
   metrics: Metrics;
   apiKey?: string;
-  /** Requests allowed to wait beyond the running batch before new ones get 429. */
+  /** Serve /metrics without the API key (Prometheus scrapers often have none). */
+  metricsNoAuth?: boolean;
+  /** Sequences (a request with n=4 counts 4) allowed to wait beyond the running batch before new requests get 429. */
   maxQueueLen?: number;
   bodyLimit?: number;
+  /** A request's headers and body must arrive within this many ms (slow clients are cut with 408). */
+  requestTimeoutMs?: number;
+  /** The headers alone must arrive within this many ms. */
+  headersTimeoutMs?: number;
+  /** Open connections at most; more are refused at once. */
+  maxConnections?: number;
+  /** The model folder, for a tokenizer thread that takes large inputs off the event loop. */
+  modelDir?: string;
   version: string;
   logger?: boolean;
 }
+
+/** Characters one token can cover at most, generously: a prompt with more than max_model_len times this cannot fit. */
+export const MAX_CHARS_PER_TOKEN = 32;
+
+/** Why an engine request was aborted by the server itself (its own drain timeout), as opposed to the client leaving. */
+const SHUTDOWN = Symbol("shutdown");
 
 export interface TokamakApp {
   app: FastifyInstance;
   /** Stop taking requests (503), wait for in-flight ones up to `timeoutMs`, abort the rest. */
   drain(timeoutMs: number): Promise<{ drained: boolean; aborted: number }>;
+  /** Release what the app holds beyond Fastify (the tokenizer thread). */
+  dispose(): Promise<void>;
 }
 
 interface Choice {
@@ -67,42 +88,51 @@ export function buildApp(o: AppOptions): TokamakApp {
   const info = engine.info;
   const modelName = o.servedModelNames[0]!;
   const capacity = info.config.maxNumSeqs + (o.maxQueueLen ?? 1024);
+  const maxPromptChars = info.maxModelLen * MAX_CHARS_PER_TOKEN;
+  const bodyLimit = o.bodyLimit ?? 32 * 2 ** 20;
+  const requestTimeout = o.requestTimeoutMs ?? 60_000;
+  const headersTimeout = Math.min(o.headersTimeoutMs ?? 20_000, requestTimeout);
   let draining = false;
+  const closing = new AbortController();
   const live = new Set<AbortController>();
-  const app = Fastify({ logger: o.logger ?? false, bodyLimit: o.bodyLimit ?? 32 * 2 ** 20, return503OnClosing: true });
+  const app = Fastify({
+    logger: o.logger ?? false,
+    bodyLimit,
+    return503OnClosing: true,
+    requestTimeout,
+    // Node checks both timeouts on this interval; a fifth of the shorter keeps the cut close to the limit.
+    http: { headersTimeout, connectionsCheckingInterval: Math.max(50, headersTimeout / 5) },
+  });
+  app.server.maxConnections = o.maxConnections ?? 4096;
+  const tokenize = new OffThreadTokenizer(tokenizer, o.modelDir);
+  registerJsonParser(app);
 
   engine.on("step", (_outputs, stats) => metrics.observeEngine(stats));
 
-  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, request, reply) => {
-    const e = toApiError(err, o.bodyLimit ?? 32 * 2 ** 20);
+  app.setErrorHandler(async (err: Error & { statusCode?: number; code?: string }, request, reply) => {
+    const e = toApiError(err, bodyLimit);
     if (e.status >= 500) request.log.error(err);
-    void reply.code(e.status).headers(e.headers).send(e.body());
+    // A client that writes its whole body before reading must see the 413: read the rest (bounded by the
+    // request timeout) before answering, since closing a socket with unread data resets the connection.
+    if (e.status === 413) await discardBody(request.raw);
+    return reply.code(e.status).headers(e.headers).send(e.body());
   });
   app.setNotFoundHandler((request, reply) => {
     const e = new ApiError(404, `no route ${request.method} ${request.url}; see /v1/models, /v1/completions, /v1/chat/completions`);
     void reply.code(404).send(e.body());
   });
 
-  const authorize = (headers: Record<string, string | string[] | undefined>) => {
-    if (!o.apiKey) return;
-    const auth = headers.authorization;
-    if (auth !== `Bearer ${o.apiKey}`) {
-      const message = auth ? "incorrect API key provided" : "missing API key: send Authorization: Bearer <key>";
-      throw new ApiError(401, message, "authentication_error", null, "invalid_api_key");
-    }
-  };
-  app.addHook("onRequest", async (request) => {
-    if (request.url.startsWith("/v1")) authorize(request.headers);
-  });
+  const authorize = bearerCheck(o.apiKey);
+  protectRoutes(app, authorize, o.metricsNoAuth ?? false);
   const ttftWindow = new SlidingWindow();
   const itlWindow = new SlidingWindow();
-  registerDashboard(app, { engine, modelName, ttft: ttftWindow, itl: itlWindow, authorize });
+  registerDashboard(app, { engine, modelName, ttft: ttftWindow, itl: itlWindow, closing: closing.signal });
 
-  app.get("/health", async (_req, reply) => {
+  app.get("/health", { config: { public: true } }, async (_req, reply) => {
     if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable");
     return reply.code(200).send();
   });
-  app.get("/version", async () => ({ version: o.version }));
+  app.get("/version", { config: { public: true } }, async () => ({ version: o.version }));
   app.get("/metrics", async (_req, reply) => {
     if (engine.lastStats) metrics.observeEngine(engine.lastStats);
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
@@ -115,7 +145,7 @@ export function buildApp(o: AppOptions): TokamakApp {
       object: "model",
       created,
       owned_by: "tokamak",
-      root: info.modelDir,
+      root: id,
       parent: null,
       max_model_len: info.maxModelLen,
     })),
@@ -124,8 +154,8 @@ export function buildApp(o: AppOptions): TokamakApp {
   app.post("/tokenize", async (request) => {
     const t = parseTokenizeRequest(request.body);
     const tokens = t.messages
-      ? encodeChat(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: undefined, chatTemplateKwargs: {} })
-      : tokenizer.encode(t.prompt!, { addSpecialTokens: t.addSpecialTokens });
+      ? await encodeChat(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: undefined, chatTemplateKwargs: {} })
+      : await encodeText(t.prompt!, t.addSpecialTokens, "prompt");
     return { count: tokens.length, max_model_len: info.maxModelLen, tokens };
   });
   app.post("/detokenize", async (request) => {
@@ -135,22 +165,54 @@ export function buildApp(o: AppOptions): TokamakApp {
     return { prompt: tokenizer.decode(ids, { skipSpecialTokens: false }) };
   });
 
-  function encodeChat(
+  /** Refuse at once what cannot fit in the context, before any tokenizing work. */
+  function boundChars(chars: number, where: string): void {
+    if (chars > maxPromptChars) {
+      throw badParam(
+        where,
+        `the ${where} has ${chars} characters; this model's maximum context length is ${info.maxModelLen} tokens, ` +
+          `which no text of more than ${maxPromptChars} characters (${MAX_CHARS_PER_TOKEN} per token) fits`,
+      );
+    }
+  }
+
+  async function encodeText(text: string, addSpecialTokens: boolean, where: string): Promise<number[]> {
+    boundChars(text.length, where);
+    return (await tokenize.encodeAll([text], addSpecialTokens))[0]!;
+  }
+
+  async function encodeChat(
     messages: ChatRequest["messages"],
     c: Pick<ChatRequest, "addGenerationPrompt" | "tools" | "chatTemplateKwargs">,
-  ): number[] {
-    let text: string;
+  ): Promise<number[]> {
+    const chars = messages.reduce((n, m) => n + m.content.length, 0);
+    boundChars(chars, "messages");
     try {
-      text = tokenizer.applyChatTemplate(messages, {
-        addGenerationPrompt: c.addGenerationPrompt,
-        tools: c.tools,
-        extra: c.chatTemplateKwargs,
-      });
+      return await tokenize.encodeChat(
+        messages,
+        { addGenerationPrompt: c.addGenerationPrompt, tools: c.tools, extra: c.chatTemplateKwargs },
+        chars,
+      );
     } catch (err) {
-      if (err instanceof ChatTemplateError) throw badParam("messages", err.message);
+      // The template's file path stays in the server log; the client sees the served model's name.
+      if (err instanceof ChatTemplateError) throw badParam("messages", `the chat template of "${modelName}": ${err.detail}`);
       throw err;
     }
-    return tokenizer.encode(text, { addSpecialTokens: false });
+  }
+
+  /** What the engine would reject after the stream began, checked before it begins. */
+  function checkPrompt(ids: number[], where: string): void {
+    if (ids.length === 0) throw badParam(where, `the ${where} is empty after tokenizing; send at least one token`);
+    const bad = ids.find((t) => !Number.isInteger(t) || t < 0 || t >= info.vocabSize);
+    if (bad !== undefined) throw badParam(where, `the ${where} has token id ${bad}, outside the vocabulary [0, ${info.vocabSize})`);
+  }
+
+  function checkLogitBias(req: CommonRequest): void {
+    for (const key of Object.keys(req.sampling.logitBias ?? {})) {
+      if (Number(key) >= info.vocabSize) {
+        throw badParam("logit_bias", `logit_bias has token id ${key}, outside the vocabulary [0, ${info.vocabSize})`);
+      }
+    }
   }
 
   function checkModel(model: string | undefined): void {
@@ -165,13 +227,21 @@ export function buildApp(o: AppOptions): TokamakApp {
     }
   }
 
-  function admit(numRequests: number): void {
+  /** Admit a request of `numSequences` sequences (prompts × n), or say why not. */
+  function admit(numSequences: number): void {
     if (draining) throw new ApiError(503, "the server is shutting down", "service_unavailable", null, null, { "Retry-After": "5" });
     if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable", null, null, { "Retry-After": "5" });
-    if (engine.numInFlight + numRequests > capacity) {
+    if (numSequences > capacity) {
+      throw badParam(
+        "n",
+        `the request asks for ${numSequences} sequences (prompts × n), more than this server holds at once (${capacity}: --max-num-seqs plus --max-queue-len)`,
+      );
+    }
+    const inFlight = engine.numSequencesInFlight;
+    if (inFlight + numSequences > capacity) {
       throw new ApiError(
         429,
-        `the server is at capacity (${engine.numInFlight} requests in flight, limit ${capacity}); retry later`,
+        `the server is at capacity (${inFlight} sequences in flight, limit ${capacity}); retry later`,
         "rate_limit_exceeded",
         null,
         null,
@@ -327,6 +397,8 @@ export function buildApp(o: AppOptions): TokamakApp {
       connection: "keep-alive",
       "x-accel-buffering": "no",
     });
+    // Send the headers now: a request waiting for a batch slot may emit nothing for a long time, and clients time out on headers.
+    raw.flushHeaders();
     return raw;
   }
   const send = (raw: ServerResponse, data: unknown) => {
@@ -345,9 +417,11 @@ export function buildApp(o: AppOptions): TokamakApp {
   app.post("/v1/chat/completions", async (request: FastifyRequest, reply: FastifyReply) => {
     const req = parseChatRequest(request.body);
     checkModel(req.model);
-    const prompt = encodeChat(req.messages, req);
+    checkLogitBias(req);
+    const prompt = await encodeChat(req.messages, req);
+    checkPrompt(prompt, "messages");
     const sampling = samplingFor(req, prompt.length, "messages");
-    admit(1);
+    admit(sampling.n);
     const ac = new AbortController();
     watchDisconnect(reply, ac);
     const { id, streams, timings, arrival } = launch([prompt], [sampling], "chatcmpl", ac);
@@ -385,7 +459,7 @@ export function buildApp(o: AppOptions): TokamakApp {
         if (req.includeUsage) send(raw, { ...base, choices: [], usage: usage(prompt.length, completionTokens, cached) });
         end(raw);
       } catch (err) {
-        if (!ac.signal.aborted) streamError(raw, err);
+        streamError(raw, interruption(ac) ?? err);
       }
       return reply;
     }
@@ -397,10 +471,14 @@ export function buildApp(o: AppOptions): TokamakApp {
       finishReason: null,
       stopReason: null,
     }));
-    for await (const [, out] of merged(streams)) {
-      observe(out, `${out.index}`, timings, arrival);
-      accumulate(choices[out.index]!, out);
-      cached = out.numCachedTokens;
+    try {
+      for await (const [, out] of merged(streams)) {
+        observe(out, `${out.index}`, timings, arrival);
+        accumulate(choices[out.index]!, out);
+        cached = out.numCachedTokens;
+      }
+    } catch (err) {
+      throw interruption(ac) ?? err;
     }
     completionTokens = choices.reduce((n, c) => n + c.tokenIds.length, 0);
     return {
@@ -422,19 +500,19 @@ export function buildApp(o: AppOptions): TokamakApp {
   app.post("/v1/completions", async (request: FastifyRequest, reply: FastifyReply) => {
     const req: CompletionRequest = parseCompletionRequest(request.body);
     checkModel(req.model);
-    const prompts = req.prompts.map((p, i) => {
-      if (typeof p === "string") return tokenizer.encode(p);
-      const bad = p.find((t) => t < 0 || t >= info.vocabSize);
-      if (bad !== undefined)
-        throw badParam(
-          "prompt",
-          `prompt${req.prompts.length > 1 ? `[${i}]` : ""} has token id ${bad}, outside the vocabulary [0, ${info.vocabSize})`,
-        );
-      return p;
-    });
+    checkLogitBias(req);
+    // Each prompt must fit alone; the batch's total size decides where it is tokenized.
+    const where = (i: number) => (req.prompts.length > 1 ? `prompt[${i}]` : "prompt");
+    req.prompts.forEach((p, i) => typeof p === "string" && boundChars(p.length, where(i)));
+    const encoded = await tokenize.encodeAll(
+      req.prompts.filter((p): p is string => typeof p === "string"),
+      true,
+    );
+    const prompts = req.prompts.map((p) => (typeof p === "string" ? encoded.shift()! : p));
+    prompts.forEach((ids, i) => checkPrompt(ids, where(i)));
     const samplings = prompts.map((p) => samplingFor(req, p.length, "prompt"));
     const n = samplings[0]!.n;
-    admit(prompts.length);
+    admit(prompts.length * n);
     const ac = new AbortController();
     watchDisconnect(reply, ac);
     const { id, streams, timings, arrival } = launch(prompts, samplings, "cmpl", ac);
@@ -483,7 +561,7 @@ export function buildApp(o: AppOptions): TokamakApp {
         if (req.includeUsage) send(raw, { ...base, choices: [], usage: usage(promptTokens, completionTokens, cached) });
         end(raw);
       } catch (err) {
-        if (!ac.signal.aborted) streamError(raw, err);
+        streamError(raw, interruption(ac) ?? err);
       }
       return reply;
     }
@@ -491,11 +569,15 @@ export function buildApp(o: AppOptions): TokamakApp {
     for (let p = 0; p < prompts.length; p++)
       for (let i = 0; i < n; i++)
         choices.push({ index: p * n + i, text: "", tokenIds: [], logprobs: [], finishReason: null, stopReason: null });
-    for await (const [p, out] of merged(streams)) {
-      const index = p * n + out.index;
-      observe(out, `${index}`, timings, arrival);
-      accumulate(choices[index]!, out);
-      cachedBy.set(p, out.numCachedTokens);
+    try {
+      for await (const [p, out] of merged(streams)) {
+        const index = p * n + out.index;
+        observe(out, `${index}`, timings, arrival);
+        accumulate(choices[index]!, out);
+        cachedBy.set(p, out.numCachedTokens);
+      }
+    } catch (err) {
+      throw interruption(ac) ?? err;
     }
     const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
     return {
@@ -522,17 +604,38 @@ export function buildApp(o: AppOptions): TokamakApp {
     };
   });
 
+  /** The error a request cut by the server's own drain timeout ends with; undefined for anything else. */
+  function interruption(ac: AbortController): ApiError | undefined {
+    if (ac.signal.reason !== SHUTDOWN) return undefined;
+    return new ApiError(503, "the server shut down before the request finished (its drain timeout passed)", "service_unavailable");
+  }
+
+  /** New requests get 503 at once; in-flight ones run until `timeoutMs`, then end with a final error (and [DONE] when streaming). */
   async function drain(timeoutMs: number): Promise<{ drained: boolean; aborted: number }> {
     draining = true;
+    closing.abort(); // the dashboard's event streams end now
     const deadline = now() + timeoutMs;
     while (engine.numInFlight > 0 && now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    const aborted = live.size;
     const drained = engine.numInFlight === 0;
-    for (const ac of live) ac.abort();
+    const aborted = live.size;
+    for (const ac of live) ac.abort(SHUTDOWN);
+    // Let the handlers write their final events before the caller closes the server.
+    for (let i = 0; i < 50 && live.size > 0; i++) await new Promise((r) => setTimeout(r, 10));
     return { drained, aborted: drained ? 0 : aborted };
   }
 
-  return { app, drain };
+  return { app, drain, dispose: async () => void (await tokenize.close()) };
+}
+
+/** Read and drop the rest of a request body. */
+function discardBody(req: FastifyRequest["raw"]): Promise<void> {
+  if (req.readableEnded || req.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    req.once("end", resolve);
+    req.once("close", resolve);
+    req.once("error", () => resolve());
+    req.resume();
+  });
 }
 
 function accumulate(c: Choice, out: RequestOutput): void {

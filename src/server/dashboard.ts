@@ -142,8 +142,8 @@ export interface DashboardDeps {
   modelName: string;
   ttft: SlidingWindow;
   itl: SlidingWindow;
-  /** Checks the API key the way the API does; throws an ApiError when it is wrong. */
-  authorize(headers: Record<string, string | string[] | undefined>): void;
+  /** Fires when the server starts shutting down: the event streams end. */
+  closing: AbortSignal;
   /** Snapshots per second on the event stream. */
   updateHz?: number;
 }
@@ -227,12 +227,12 @@ export class RateTracker {
 export function registerDashboard(app: FastifyInstance, d: DashboardDeps): void {
   const rates = new RateTracker();
   const hz = d.updateHz ?? 4;
-  app.get("/dashboard", async (_req, reply) =>
+  // The page itself holds no data (it asks for the key and sends it on its event stream): it is public.
+  app.get("/dashboard", { config: { public: true } }, async (_req, reply) =>
     reply.type("text/html; charset=utf-8").header("cache-control", "no-store").send(DASHBOARD_HTML),
   );
   app.get("/v1/admin/memory", async () => buildSnapshot(d, rates));
-  app.get("/dashboard/events", async (request, reply) => {
-    d.authorize(request.headers);
+  app.get("/dashboard/events", async (_request, reply) => {
     reply.hijack();
     const raw = reply.raw;
     raw.writeHead(200, {
@@ -243,7 +243,7 @@ export function registerDashboard(app: FastifyInstance, d: DashboardDeps): void 
     });
     let closed = false;
     raw.on("close", () => (closed = true));
-    while (!closed && d.engine.isAlive) {
+    while (!closed && d.engine.isAlive && !d.closing.aborted) {
       const started = performance.now();
       try {
         const snap = await buildSnapshot(d, rates);

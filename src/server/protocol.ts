@@ -36,10 +36,22 @@ export interface CompletionRequest extends CommonRequest {
 
 const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "array" : typeof v);
 
+/** A short, safe rendering of a value for an error message: never throws, never long. */
+export function preview(v: unknown, max = 80): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(v);
+  } catch {
+    text = undefined; // too deep or cyclic: the type alone says enough
+  }
+  if (text === undefined) return typeName(v);
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
 function optional<T>(body: Body, key: string, check: (v: unknown) => v is T, expected: string): T | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
-  if (!check(v)) throw badParam(key, `${key} must be ${expected}, got ${typeName(v)} ${JSON.stringify(v)?.slice(0, 80)}`);
+  if (!check(v)) throw badParam(key, `${key} must be ${expected}, got ${typeName(v)} ${preview(v)}`);
   return v;
 }
 
@@ -49,6 +61,8 @@ const isBool = (v: unknown): v is boolean => typeof v === "boolean";
 const isString = (v: unknown): v is string => typeof v === "string";
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 const isIntArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isInt);
+// vLLM takes any 64-bit seed, signed or not; past that range a seed would silently alias another.
+const isSeed = (v: unknown): v is number => isInt(v) && v >= -(2 ** 63) && v < 2 ** 64;
 const isStringOrStrings = (v: unknown): v is string | string[] => isString(v) || (Array.isArray(v) && v.every(isString));
 
 export function requireObject(body: unknown): Body {
@@ -70,7 +84,7 @@ function common(body: Body, maxTokensKeys: string[]): CommonRequest {
   if (logitBias) {
     for (const [k, v] of Object.entries(logitBias)) {
       if (!/^\d+$/.test(k) || !isNumber(v))
-        throw badParam("logit_bias", `logit_bias must map token ids to numbers; got "${k}": ${JSON.stringify(v)}`);
+        throw badParam("logit_bias", `logit_bias must map token ids to numbers; got ${preview(k)}: ${preview(v)}`);
     }
   }
   const streamOptions = optional(body, "stream_options", isObject, "an object");
@@ -85,7 +99,7 @@ function common(body: Body, maxTokensKeys: string[]): CommonRequest {
     topP: optional(body, "top_p", isNumber, "a number"),
     topK: optional(body, "top_k", isInt, "an integer"),
     minP: optional(body, "min_p", isNumber, "a number"),
-    seed: optional(body, "seed", isInt, "an integer"),
+    seed: optional(body, "seed", isSeed, "an integer in [-2^63, 2^64)"),
     presencePenalty: optional(body, "presence_penalty", isNumber, "a number"),
     frequencyPenalty: optional(body, "frequency_penalty", isNumber, "a number"),
     repetitionPenalty: optional(body, "repetition_penalty", isNumber, "a number"),
@@ -120,6 +134,131 @@ function messageContent(m: Record<string, unknown>, i: number): string {
   throw badParam(`messages[${i}].content`, `messages[${i}].content must be a string or a list of text parts, got ${typeName(c)}`);
 }
 
+/** Roles the chat templates know; "developer" is OpenAI's newer name for "system". */
+const ROLES = ["system", "developer", "user", "assistant", "tool"];
+
+function parseMessage(m: unknown, i: number): ChatMessage {
+  const where = `messages[${i}]`;
+  if (!isObject(m)) throw badParam(where, `${where} must be an object with a "role" and a "content", got ${typeName(m)}`);
+  if (!isString(m.role) || !ROLES.includes(m.role)) {
+    throw badParam(`${where}.role`, `${where}.role must be one of ${ROLES.map((r) => `"${r}"`).join(", ")}, got ${preview(m.role)}`);
+  }
+  if (m.tool_calls !== undefined && m.tool_calls !== null) {
+    if (m.role !== "assistant") throw badParam(`${where}.tool_calls`, `${where}.tool_calls is allowed on assistant messages only`);
+    checkToolCalls(m.tool_calls, `${where}.tool_calls`);
+  }
+  for (const key of ["name", "tool_call_id"]) {
+    if (m[key] !== undefined && m[key] !== null && !isString(m[key])) {
+      throw badParam(`${where}.${key}`, `${where}.${key} must be a string, got ${typeName(m[key])}`);
+    }
+  }
+  return { ...m, role: m.role === "developer" ? "system" : m.role, content: messageContent(m, i) };
+}
+
+/** An assistant turn's earlier calls: `[{id, type: "function", function: {name, arguments}}]`, as OpenAI returns them. */
+function checkToolCalls(calls: unknown, where: string): void {
+  const shape = `a list of {"id": string, "type": "function", "function": {"name": string, "arguments": string}}`;
+  if (!Array.isArray(calls)) throw badParam(where, `${where} must be ${shape}, got ${typeName(calls)}`);
+  calls.forEach((c, j) => {
+    const at = `${where}[${j}]`;
+    const f = isObject(c) ? c.function : undefined;
+    const ok =
+      isObject(c) &&
+      (c.id === undefined || isString(c.id)) &&
+      c.type === "function" &&
+      isObject(f) &&
+      isString(f.name) &&
+      f.name.length > 0 &&
+      (isString(f.arguments) || isObject(f.arguments));
+    if (!ok)
+      throw badParam(
+        at,
+        `${at} must be {"id": string, "type": "function", "function": {"name": string, "arguments": string}}, got ${preview(c)}`,
+      );
+  });
+}
+
+const FUNCTION_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** `tools`: `[{type: "function", function: {name, description?, parameters?, strict?}}]`; returns the function names. */
+function checkTools(tools: unknown): string[] {
+  const shape = `a list of {"type": "function", "function": {"name", "description", "parameters"}}`;
+  if (!Array.isArray(tools)) throw badParam("tools", `tools must be ${shape}, got ${typeName(tools)}`);
+  return tools.map((t, i) => {
+    const at = `tools[${i}]`;
+    if (!isObject(t) || t.type !== "function" || !isObject(t.function))
+      throw badParam(at, `${at} must be {"type": "function", "function": {...}}, got ${preview(t)}`);
+    const f = t.function;
+    if (!isString(f.name) || !FUNCTION_NAME.test(f.name)) {
+      throw badParam(`${at}.function.name`, `${at}.function.name must be 1 to 64 letters, digits, "_", "." or "-", got ${preview(f.name)}`);
+    }
+    if (f.description !== undefined && !isString(f.description))
+      throw badParam(`${at}.function.description`, `${at}.function.description must be a string`);
+    if (f.parameters !== undefined && !isObject(f.parameters)) {
+      throw badParam(`${at}.function.parameters`, `${at}.function.parameters must be a JSON Schema object, got ${typeName(f.parameters)}`);
+    }
+    if (f.strict !== undefined && f.strict !== null && !isBool(f.strict))
+      throw badParam(`${at}.function.strict`, `${at}.function.strict must be a boolean`);
+    return f.name;
+  });
+}
+
+function checkToolChoice(choice: unknown, names: string[]): void {
+  if (choice === undefined || choice === null) return;
+  const allowed = `"none", "auto", "required" or {"type": "function", "function": {"name": ...}}`;
+  if (isString(choice)) {
+    if (!["none", "auto", "required"].includes(choice))
+      throw badParam("tool_choice", `tool_choice must be ${allowed}, got ${preview(choice)}`);
+    if (choice === "required" && names.length === 0) throw badParam("tool_choice", `tool_choice "required" needs tools`);
+    return;
+  }
+  const f = isObject(choice) ? choice.function : undefined;
+  if (!isObject(choice) || choice.type !== "function" || !isObject(f) || !isString(f.name)) {
+    throw badParam("tool_choice", `tool_choice must be ${allowed}, got ${preview(choice)}`);
+  }
+  if (!names.includes(f.name)) throw badParam("tool_choice", `tool_choice names the function "${f.name}", which is not among the tools`);
+}
+
+/**
+ * Tool calling and structured output are not built yet: a request that asks
+ * for them gets a 400 saying so, never text that silently ignores the ask.
+ * Each field is checked for its shape first, so a malformed one says what is wrong with it.
+ */
+function rejectUnsupported(body: Body, chat: boolean): void {
+  const notYet = (field: string, what: string) =>
+    badParam(field, `${field}: ${what} is not supported by this server yet; send the request without ${field}`);
+  if (chat) {
+    const names = body.tools === undefined || body.tools === null ? [] : checkTools(body.tools);
+    checkToolChoice(body.tool_choice, names);
+    optional(body, "parallel_tool_calls", isBool, "a boolean");
+    if (body.functions !== undefined && body.functions !== null) {
+      if (!Array.isArray(body.functions) || !body.functions.every((f) => isObject(f) && isString(f.name))) {
+        throw badParam("functions", `functions must be a list of {"name", "description", "parameters"}, got ${preview(body.functions)}`);
+      }
+      throw notYet("functions", "function calling");
+    }
+    if (body.function_call !== undefined && body.function_call !== null) throw notYet("function_call", "function calling");
+    if (names.length > 0) throw notYet("tools", "tool calling");
+  }
+  const rf = body.response_format;
+  if (rf !== undefined && rf !== null) {
+    const types = ["text", "json_object", "json_schema"];
+    if (!isObject(rf) || !isString(rf.type) || !types.includes(rf.type)) {
+      throw badParam(
+        "response_format",
+        `response_format must be {"type": "text" | "json_object" | "json_schema", ...}, got ${preview(rf)}`,
+      );
+    }
+    if (rf.type === "json_schema" && (!isObject(rf.json_schema) || !isString(rf.json_schema.name))) {
+      throw badParam("response_format", `response_format of type "json_schema" needs "json_schema": {"name": string, "schema": {...}}`);
+    }
+    if (rf.type !== "text") throw notYet("response_format", `structured output (${rf.type})`);
+  }
+  for (const field of ["guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "structured_outputs"]) {
+    if (body[field] !== undefined && body[field] !== null) throw notYet(field, "structured output");
+  }
+}
+
 export function parseChatRequest(raw: unknown): ChatRequest {
   const body = requireObject(raw);
   const req = common(body, ["max_completion_tokens", "max_tokens"]);
@@ -127,10 +266,8 @@ export function parseChatRequest(raw: unknown): ChatRequest {
   if (!Array.isArray(messages) || messages.length === 0) {
     throw badParam("messages", `messages must be a non-empty list of {"role", "content"} objects, got ${typeName(messages)}`);
   }
-  const parsed: ChatMessage[] = messages.map((m, i) => {
-    if (!isObject(m) || !isString(m.role)) throw badParam(`messages[${i}]`, `messages[${i}] must be an object with a string "role"`);
-    return { ...m, role: m.role, content: messageContent(m, i) };
-  });
+  const parsed: ChatMessage[] = messages.map(parseMessage);
+  rejectUnsupported(body, true);
   const wantLogprobs = optional(body, "logprobs", isBool, "a boolean") ?? false;
   const top = optional(body, "top_logprobs", isInt, "an integer");
   if (top !== undefined && (top < 0 || top > 20)) throw badParam("top_logprobs", `top_logprobs must be in [0, 20], got ${top}`);
@@ -142,7 +279,7 @@ export function parseChatRequest(raw: unknown): ChatRequest {
     messages: parsed,
     addGenerationPrompt: optional(body, "add_generation_prompt", isBool, "a boolean") ?? !continueFinalMessage,
     continueFinalMessage,
-    tools: body.tools ?? undefined,
+    tools: undefined,
     chatTemplateKwargs: optional(body, "chat_template_kwargs", isObject, "an object") ?? {},
   };
 }
@@ -150,6 +287,7 @@ export function parseChatRequest(raw: unknown): ChatRequest {
 export function parseCompletionRequest(raw: unknown): CompletionRequest {
   const body = requireObject(raw);
   const req = common(body, ["max_tokens"]);
+  rejectUnsupported(body, false);
   const p = body.prompt;
   let prompts: (string | number[])[];
   if (isString(p)) prompts = [p];

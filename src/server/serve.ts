@@ -5,6 +5,7 @@ import { AsyncEngine } from "../engine/async-engine.js";
 import type { EngineOptions } from "../engine/llm.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { buildApp, type TokamakApp } from "./app.js";
+import { bearerCheck } from "./auth.js";
 import { Metrics } from "./metrics.js";
 
 export interface ServeOptions {
@@ -12,8 +13,15 @@ export interface ServeOptions {
   /** 0 picks a free port. */
   port?: number;
   apiKey?: string;
+  /** Serve /metrics without the API key. */
+  metricsNoAuth?: boolean;
   servedModelName?: string[];
+  /** Sequences that may wait beyond the running batch before 429. */
   maxQueueLen?: number;
+  /** Seconds a request's headers and body may take to arrive. */
+  requestTimeout?: number;
+  headersTimeout?: number;
+  maxConnections?: number;
   engine?: EngineOptions;
   /** Serve a stub model that costs nothing (config and tokenizer only): measures the server and engine themselves. */
   stubModel?: boolean;
@@ -32,28 +40,53 @@ export interface RunningServer {
 
 export const VERSION = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
+/** Close the server; connections still open after `ms` (a client still sending its body) are cut. */
+async function closeWithin(app: TokamakApp["app"], ms: number): Promise<void> {
+  const timer = setTimeout(() => app.server.closeAllConnections(), ms);
+  try {
+    await app.close();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function startServer(modelDir: string, o: ServeOptions = {}): Promise<RunningServer> {
+  bearerCheck(o.apiKey); // a key that cannot work fails before the model loads
   const tokenizer = Tokenizer.fromDir(modelDir);
   const engine = await AsyncEngine.start(modelDir, { ...o.engine, onProgress: o.onProgress }, { stubModel: o.stubModel });
   try {
     const names = o.servedModelName && o.servedModelName.length > 0 ? o.servedModelName : [basename(resolve(modelDir))];
     const metrics = new Metrics(names[0]!, engine.info.maxModelLen);
-    const { app, drain } = buildApp({
+    const { app, drain, dispose } = buildApp({
       engine,
       tokenizer,
       servedModelNames: names,
       metrics,
       apiKey: o.apiKey,
+      metricsNoAuth: o.metricsNoAuth,
       maxQueueLen: o.maxQueueLen,
+      requestTimeoutMs: o.requestTimeout === undefined ? undefined : o.requestTimeout * 1000,
+      headersTimeoutMs: o.headersTimeout === undefined ? undefined : o.headersTimeout * 1000,
+      maxConnections: o.maxConnections,
+      modelDir,
       version: VERSION,
       logger: o.logger,
     });
-    const address = await app.listen({ host: o.host ?? "127.0.0.1", port: o.port ?? 8000 });
+    let address: string;
+    try {
+      address = await app.listen({ host: o.host ?? "127.0.0.1", port: o.port ?? 8000 });
+    } catch (err) {
+      await dispose();
+      throw err;
+    }
     let stopping: Promise<{ drained: boolean; aborted: number }> | null = null;
     const shutdown = (timeoutMs = 30_000) =>
       (stopping ??= (async () => {
-        const result = await drain(timeoutMs);
-        await app.close();
+        // The drain takes all but the last part of the timeout; closing the sockets and the engine get the rest.
+        const teardownMs = Math.min(1000, timeoutMs / 5);
+        const result = await drain(timeoutMs - teardownMs);
+        await closeWithin(app, teardownMs / 2);
+        await dispose();
         await engine.shutdown();
         return result;
       })());

@@ -17,8 +17,13 @@ export interface ChatTemplateOptions {
 }
 
 export class ChatTemplateError extends Error {
-  constructor(message: string) {
-    super(message);
+  constructor(
+    /** The file the template came from. */
+    readonly where: string,
+    /** What went wrong, without the file (a server shows this, not its filesystem paths). */
+    readonly detail: string,
+  ) {
+    super(`${where}: ${detail}`);
     this.name = "ChatTemplateError";
   }
 }
@@ -40,13 +45,13 @@ export class ChatTemplates {
     if (value == null) return undefined;
     if (typeof value === "string") return new ChatTemplates(new Map([["default", value]]), where);
     if (!Array.isArray(value)) {
-      throw new ChatTemplateError(`${where}: "chat_template" must be a string or a list of {name, template}, got ${typeof value}`);
+      throw new ChatTemplateError(where, `"chat_template" must be a string or a list of {name, template}, got ${typeof value}`);
     }
     const sources = new Map<string, string>();
     for (const entry of value as unknown[]) {
       const e = entry as { name?: unknown; template?: unknown } | null;
       if (typeof e?.name !== "string" || typeof e.template !== "string") {
-        throw new ChatTemplateError(`${where}: each "chat_template" list entry must be {"name": string, "template": string}`);
+        throw new ChatTemplateError(where, `each "chat_template" list entry must be {"name": string, "template": string}`);
       }
       sources.set(e.name, e.template);
     }
@@ -70,7 +75,7 @@ export class ChatTemplates {
     try {
       return this.template(name).render(variables);
     } catch (err) {
-      throw new ChatTemplateError(`${this.where}: chat template "${name}" failed to render: ${(err as Error).message}`);
+      throw new ChatTemplateError(this.where, `chat template "${name}" failed to render: ${(err as Error).message}`);
     }
   }
 
@@ -79,7 +84,7 @@ export class ChatTemplates {
     if (withTools && this.sources.has("tool_use")) return "tool_use";
     if (this.sources.has("default")) return "default";
     if (this.sources.size === 1) return this.names[0]!;
-    throw new ChatTemplateError(`${this.where}: no "default" chat template among ${JSON.stringify(this.names)}`);
+    throw new ChatTemplateError(this.where, `no "default" chat template among ${JSON.stringify(this.names)}`);
   }
 
   // Parsed on first use: a model whose template does not parse still serves plain completions.
@@ -89,7 +94,7 @@ export class ChatTemplates {
       try {
         t = new Template(this.sources.get(name)!);
       } catch (err) {
-        throw new ChatTemplateError(`${this.where}: chat template "${name}" does not parse: ${(err as Error).message}`);
+        throw new ChatTemplateError(this.where, `chat template "${name}" does not parse: ${(err as Error).message}`);
       }
       this.parsed.set(name, t);
     }

@@ -1,7 +1,8 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type ChatMessage, type ChatTemplateOptions, ChatTemplates } from "./chat-template.js";
+import { checkRegularFile } from "../formats/regular-file.js";
+import { type ChatMessage, ChatTemplateError, type ChatTemplateOptions, ChatTemplates } from "./chat-template.js";
 
 export type { ChatMessage, ChatTemplateOptions } from "./chat-template.js";
 
@@ -20,6 +21,7 @@ function readJsonObject(path: string, required: boolean, hint: string): JsonObje
     if (required) throw new TokenizerError(`${path}: not found; ${hint}`);
     return undefined;
   }
+  checkRegularFile(path, TokenizerError);
   let value: unknown;
   try {
     value = JSON.parse(readFileSync(path, "utf8"));
@@ -83,7 +85,10 @@ function readTokenizerFiles(dir: string): TokenizerFiles {
 // Newer Transformers save the template as chat_template.jinja; it wins over tokenizer_config.json, as there.
 function readChatTemplates(dir: string, config: JsonObject): ChatTemplates | undefined {
   const jinjaPath = join(dir, "chat_template.jinja");
-  if (existsSync(jinjaPath)) return ChatTemplates.fromConfigValue(readFileSync(jinjaPath, "utf8"), jinjaPath);
+  if (existsSync(jinjaPath)) {
+    checkRegularFile(jinjaPath, TokenizerError);
+    return ChatTemplates.fromConfigValue(readFileSync(jinjaPath, "utf8"), jinjaPath);
+  }
   return ChatTemplates.fromConfigValue(config.chat_template, join(dir, "tokenizer_config.json"));
 }
 
@@ -162,8 +167,9 @@ export class Tokenizer {
   applyChatTemplate(messages: ChatMessage[], opts: ChatTemplateOptions = {}): string {
     const templates = this.files.chatTemplates;
     if (!templates) {
-      throw new TokenizerError(
-        `${join(this.files.dir, "tokenizer_config.json")}: the model has no chat template ("chat_template" is missing); send plain prompts instead`,
+      throw new ChatTemplateError(
+        join(this.files.dir, "tokenizer_config.json"),
+        `the model has no chat template ("chat_template" is missing); send plain prompts instead`,
       );
     }
     return templates.render(messages, opts, this.specialTokens);
