@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { applyLogitsProcessors, Rng, sampleToken, type SamplingState, topKIndices } from "../src/engine/sampler.js";
+import { applyLogitsProcessors, foldSeed, Rng, sampleToken, type SamplingState, topKIndices } from "../src/engine/sampler.js";
 import { resolveSamplingParams, type SamplingParams } from "../src/engine/sampling-params.js";
 
 function state(over: Partial<SamplingState> = {}): SamplingState {
@@ -112,5 +112,24 @@ describe("sampler", () => {
     assert.throws(() => resolveSamplingParams({ n: 0 }), /n must be an integer in \[1, 128\]/);
     assert.throws(() => resolveSamplingParams({ maxTokens: 4, minTokens: 5 }), /min_tokens must be an integer in \[0, max_tokens=4\]/);
     assert.equal(resolveSamplingParams({ topK: -1 }).topK, 0);
+  });
+});
+
+describe("seeds", () => {
+  it("every bit of a 64-bit seed counts: 2^32, 2^53 and 2^63 do not alias 0; seeds below 2^32 keep their stream", () => {
+    const first = (seed: number) =>
+      Array.from(
+        { length: 4 },
+        (
+          (r) => () =>
+            r.next()
+        )(new Rng(seed)),
+      );
+    const streams = [0, 2 ** 32, 2 ** 53, 2 ** 63, -1, -(2 ** 32)].map((s) => first(s).join());
+    assert.equal(new Set(streams).size, streams.length);
+    assert.deepEqual(first(12345), first(12345 + 0));
+    assert.equal(foldSeed(12345), 12345);
+    assert.notEqual(foldSeed(2 ** 32), foldSeed(0));
+    assert.equal(foldSeed(-(2 ** 63)), foldSeed(2 ** 63), "a negative seed is its 64-bit two's complement");
   });
 });

@@ -11,7 +11,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
-import { MAX_CHARS_PER_TOKEN } from "../src/server/app.js";
 import { startServer, type RunningServer } from "../src/server/serve.js";
 import { Tokenizer } from "../src/tokenizer/tokenizer.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
@@ -105,7 +104,7 @@ function assertError(r: { status: number; json?: unknown; text?: string }, statu
   if (param !== undefined) assert.equal(e.param, param);
 }
 
-async function json(res: Promise<Response>): Promise<{ status: number; json: unknown; text: string }> {
+async function responseOf(res: Promise<Response>): Promise<{ status: number; json: unknown; text: string }> {
   const r = await res;
   const text = await r.text();
   return { status: r.status, json: undefined, text };
@@ -143,8 +142,10 @@ describe("the API key", () => {
   });
 
   it("the same spellings work with the key (they are the same routes)", async () => {
-    const r = await rawRequest(httpHead("GET", "/%76%31/models", { Authorization: `Bearer ${KEY}` }));
-    assert.equal(r.status, 200, r.body);
+    for (const target of ["/%76%31/models", "/v%31/models", "http://127.0.0.1/v1/models"]) {
+      const r = await rawRequest(httpHead("GET", target, { Authorization: `Bearer ${KEY}` }));
+      assert.equal(r.status, 200, `${target}: ${r.body}`);
+    }
     const c = await rawRequest(
       httpHead("POST", "/%76%31/completions", {
         Authorization: `Bearer ${KEY}`,
@@ -254,7 +255,7 @@ describe("hostile bodies", () => {
   });
 
   it("a prompt far beyond the context is refused before any tokenizing, naming both sizes", async () => {
-    const limit = MAX_LEN * MAX_CHARS_PER_TOKEN;
+    const limit = MAX_LEN * Tokenizer.fromDir(modelDir).maxTokenChars;
     const huge = "lorem ipsum ".repeat(Math.ceil((limit + 10) / 12));
     assertError(await call("/v1/completions", { prompt: huge }), 400, new RegExp(`${huge.length} characters.*${MAX_LEN} tokens`), "prompt");
     assertError(await call("/tokenize", { prompt: huge }), 400, /characters/, "prompt");
@@ -272,20 +273,17 @@ describe("hostile bodies", () => {
     try {
       const text = Array.from({ length: 60_000 }, (_, i) => `word${i % 977} `).join("");
       const expected = Tokenizer.fromDir(modelDir).encode(text);
-      let healthFirst = false;
       const big = fetch(`${s.url}/tokenize`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ prompt: text }),
       }).then((r) => r.json() as Promise<{ tokens: number[] }>);
       await new Promise((r) => setTimeout(r, 30));
-      const health = fetch(`${s.url}/health`).then((r) => {
-        healthFirst = true;
-        return r.status;
-      });
-      const got = await big;
+      const health = fetch(`${s.url}/health`).then((r) => r.status);
+      const first = await Promise.race([big.then(() => "tokenize"), health.then(() => "health")]);
+      assert.equal(first, "health", "/health is answered while the large prompt is being tokenized");
       assert.equal(await health, 200);
-      assert.ok(healthFirst, "/health was answered while the large prompt was being tokenized");
+      const got = await big;
       assert.deepEqual(got.tokens, expected);
       const chatText = (await (
         await fetch(`${s.url}/tokenize`, {
@@ -295,6 +293,34 @@ describe("hostile bodies", () => {
         })
       ).json()) as { tokens: number[] };
       assert.ok(chatText.tokens.length > expected.length);
+    } finally {
+      await s.shutdown(500);
+    }
+  });
+
+  it("a client that leaves while its large prompt is tokenized leaves no generation behind", { timeout: 60_000 }, async () => {
+    const s = await startServer(modelDir, { port: 0, stubModel: true, engine: { maxModelLen: 40960 } });
+    try {
+      const p = Number(new URL(s.url).port);
+      const body = JSON.stringify({ prompt: "word ".repeat(8_000), ignore_eos: true, stream: true });
+      for (let i = 0; i < 3; i++) {
+        const sock = connect(p, "127.0.0.1");
+        sock.on("error", () => undefined);
+        sock.write(httpHead("POST", "/v1/completions", { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) }));
+        sock.write(body);
+        await new Promise((r) => setTimeout(r, 50)); // the body is in; its prompt is on the tokenizer thread
+        sock.destroy();
+      }
+      await new Promise((r) => setTimeout(r, 1000)); // long enough for the prompts to be tokenized and launched
+      let st = await s.engine.stats();
+      for (let i = 0; i < 100 && st.numRunning + st.numWaiting > 0; i++) {
+        await new Promise((r) => setTimeout(r, 30));
+        st = await s.engine.stats();
+      }
+      assert.equal(st.numRunning + st.numWaiting, 0, "an abandoned request is still generating");
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal((await s.engine.stats()).generationTokens, st.generationTokens, "nothing generates for nobody");
+      assert.equal(s.engine.numInFlight, 0);
     } finally {
       await s.shutdown(500);
     }
@@ -312,6 +338,9 @@ describe("hostile bodies", () => {
       assert.equal(r.status, 413, `try ${i}: ${r.headers}`);
       assert.match(r.body, /larger than the limit/);
     }
+    // The same for any answer given before the body is read: here a 401 for a missing key.
+    const noKey = httpHead("POST", "/v1/completions", { "Content-Type": "application/json", "Content-Length": body.length });
+    for (let i = 0; i < 2; i++) assert.equal((await rawRequest(noKey, body)).status, 401);
     await assertStillServing();
   });
 
@@ -407,6 +436,15 @@ describe("validation: what is not supported is refused, never ignored", () => {
     ["/v1/completions", "seed", { prompt: "x", seed: -(2 ** 64) }, /seed must be/],
     ["/v1/completions", "logit_bias", { prompt: "x", logit_bias: { "999999999": 5 } }, /outside the vocabulary/],
     ["/v1/chat/completions", "logit_bias", chat({ logit_bias: { "151669": 5 } }), /outside the vocabulary/],
+    [
+      "/v1/chat/completions",
+      "chat_template_kwargs",
+      chat({ chat_template_kwargs: { tools: [{ type: "function" }] } }),
+      /may not set "tools"/,
+    ],
+    ["/v1/chat/completions", "chat_template_kwargs", chat({ chat_template_kwargs: { bos_token: "x" } }), /may not set "bos_token"/],
+    ["/v1/completions", "tools", { prompt: "x", tools: [] }, /belongs to \/v1\/chat\/completions/],
+    ["/detokenize", "tokens", { tokens: Array.from({ length: 4 * MAX_LEN + 1 }, () => 1) }, /at most 2048/],
   ];
 
   it("each is a 400 naming the field and what is accepted", async () => {
@@ -445,6 +483,31 @@ describe("validation: what is not supported is refused, never ignored", () => {
       const r = await call("/v1/chat/completions", body);
       assert.equal(r.status, 200, r.text);
     }
+  });
+
+  it("seeds differ in all their bits: 0 and 2^32 give different samples, each reproducible", async () => {
+    const text = async (seed: number) =>
+      ((await call("/v1/completions", { prompt: "seeded", max_tokens: 12, temperature: 50, seed })).json as { choices: { text: string }[] })
+        .choices[0]!.text;
+    const [a, b, a2] = [await text(0), await text(2 ** 32), await text(0)];
+    assert.equal(a, a2);
+    assert.notEqual(a, b);
+  });
+
+  it("everything a chat template renders counts toward the size bound, not only content", async () => {
+    const limit = MAX_LEN * Tokenizer.fromDir(modelDir).maxTokenChars;
+    const args = "word ".repeat(Math.ceil(limit / 5) + 1);
+    const messages = [
+      { role: "user", content: "hi" },
+      { role: "assistant", content: "", tool_calls: [{ id: "a", type: "function", function: { name: "f", arguments: args } }] },
+      { role: "user", content: "ok" },
+    ];
+    assertError(await call("/tokenize", { messages }), 400, /characters/, "messages");
+    assertError(
+      await call("/v1/chat/completions", { messages: [{ role: "assistant", content: "x", reasoning_content: args }] }),
+      400,
+      /characters/,
+    );
   });
 
   it("fuzz: random JSON in every field is never a 5xx, every 4xx is OpenAI-shaped, no stack trace leaks", async () => {
@@ -513,36 +576,44 @@ describe("validation: what is not supported is refused, never ignored", () => {
 });
 
 describe("slow clients and connection limits", () => {
-  it("connections that send their body a byte at a time are cut at the request timeout; others are served meanwhile", async () => {
-    const slow: Socket[] = [];
-    const closed: Promise<string>[] = [];
-    for (let i = 0; i < 300; i++) {
-      const sock = connect(port, "127.0.0.1");
-      slow.push(sock);
-      let got = "";
-      sock.on("data", (d: Buffer) => (got += d.toString()));
-      closed.push(new Promise((resolve) => sock.on("close", () => resolve(got))));
-      sock.on("error", () => undefined);
-      sock.write(
-        httpHead("POST", "/v1/completions", { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json", "Content-Length": 100 }),
-      );
-    }
-    const drip = setInterval(() => {
-      for (const s of slow) if (!s.destroyed) s.write(" ");
-    }, 200);
-    try {
-      for (let i = 0; i < 3; i++) await assertStillServing();
-      const answers = await Promise.all(closed);
-      assert.equal(answers.length, 300);
-      for (const a of answers) assert.ok(a === "" || /^HTTP\/1\.1 408/.test(a), `a slow client got ${a.slice(0, 80)}`);
-    } finally {
-      clearInterval(drip);
-      for (const s of slow) s.destroy();
-    }
-    await assertStillServing();
-  });
+  it(
+    "connections that send their body a byte at a time are cut at the request timeout; others are served meanwhile",
+    { timeout: 60_000 },
+    async () => {
+      const slow: Socket[] = [];
+      const closed: Promise<string>[] = [];
+      for (let i = 0; i < 300; i++) {
+        const sock = connect(port, "127.0.0.1");
+        slow.push(sock);
+        let got = "";
+        sock.on("data", (d: Buffer) => (got += d.toString()));
+        closed.push(new Promise((resolve) => sock.on("close", () => resolve(got))));
+        sock.on("error", () => undefined);
+        sock.write(
+          httpHead("POST", "/v1/completions", {
+            Authorization: `Bearer ${KEY}`,
+            "Content-Type": "application/json",
+            "Content-Length": 100,
+          }),
+        );
+      }
+      const drip = setInterval(() => {
+        for (const s of slow) if (!s.destroyed) s.write(" ");
+      }, 200);
+      try {
+        for (let i = 0; i < 3; i++) await assertStillServing();
+        const answers = await Promise.all(closed);
+        assert.equal(answers.length, 300);
+        for (const a of answers) assert.ok(a === "" || /^HTTP\/1\.1 408/.test(a), `a slow client got ${a.slice(0, 80)}`);
+      } finally {
+        clearInterval(drip);
+        for (const s of slow) s.destroy();
+      }
+      await assertStillServing();
+    },
+  );
 
-  it("headers that never finish are cut too", async () => {
+  it("headers that never finish are cut too", { timeout: 30_000 }, async () => {
     const sock = connect(port, "127.0.0.1");
     sock.on("error", () => undefined);
     sock.write("GET /health HTTP/1.1\r\nHost: x\r\n");
@@ -598,8 +669,8 @@ describe("load accounting", () => {
 
   it("--max-queue-len bounds sequences, not requests: n counts", async () => {
     // max-num-seqs 4 + max-queue-len 4: 8 sequences at most.
-    assertError(await json(post("/v1/completions", { prompt: [5], n: 9, max_tokens: 1 })), 400, /9 sequences.*\(8:/, "n");
-    assertError(await json(post("/v1/completions", { prompt: [[5], [6], [7]], n: 3, max_tokens: 1 })), 400, /9 sequences/, "n");
+    assertError(await responseOf(post("/v1/completions", { prompt: [5], n: 9, max_tokens: 1 })), 400, /9 sequences.*\(8:/, "n");
+    assertError(await responseOf(post("/v1/completions", { prompt: [[5], [6], [7]], n: 3, max_tokens: 1 })), 400, /9 sequences/, "n");
     const ac = new AbortController();
     const long = { prompt: [1, 2, 3], n: 4, max_tokens: 16000, ignore_eos: true, stream: true };
     const a = await post("/v1/completions", long, ac.signal);
@@ -608,7 +679,7 @@ describe("load accounting", () => {
       assert.equal(a.status, 200);
       assert.equal(b.status, 200);
       // 8 sequences in flight: one more is one too many.
-      assertError(await json(post("/v1/completions", { prompt: [5], max_tokens: 1 })), 429, /8 sequences in flight, limit 8/);
+      assertError(await responseOf(post("/v1/completions", { prompt: [5], max_tokens: 1 })), 429, /8 sequences in flight, limit 8/);
     } finally {
       ac.abort();
       await Promise.allSettled([a.body?.cancel(), b.body?.cancel()]);

@@ -122,6 +122,7 @@ describe("SIGTERM", () => {
       });
       assert.equal(late.status, 503, "new requests during the drain get 503");
       assert.match(await late.text(), /shutting down/);
+      assert.equal((await fetch(`${url}/health`)).status, 503, "load balancers see the drain on /health");
 
       const bodies = await Promise.all(long.map((s) => s.done));
       const shortBody = await short.done;

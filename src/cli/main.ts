@@ -129,6 +129,9 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
   const apiKey = flags.apiKey ?? process.env.TOKAMAK_API_KEY;
   const keyProblem = apiKey === undefined ? null : apiKeyProblem(apiKey);
   if (keyProblem) throw new Error(`--api-key: ${keyProblem}`);
+  // An IPC parent (npm start) that goes while the model loads: nothing to drain yet, so leave at once.
+  const orphaned = () => process.exit(1);
+  if (process.send) process.on("disconnect", orphaned);
   const bar = progressBar("loading weights");
   const server = await startServer(modelDir, {
     host: flags.host,
@@ -159,6 +162,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
   });
   bar.end();
   // Handlers first: a supervisor may signal as soon as it reads the banner.
+  process.off("disconnect", orphaned);
   handleShutdownSignals(server, flags.shutdownTimeout);
   const i = server.engine.info;
   process.stderr.write(
@@ -202,7 +206,10 @@ function handleShutdownSignals(server: RunningServer, shutdownTimeout: number): 
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   // Started by a parent with an IPC channel (npm start): when that parent goes, even by SIGKILL, go too.
-  if (process.send) process.on("disconnect", () => stop("parent exited"));
+  if (process.send) {
+    if (!process.connected) stop("parent exited");
+    else process.on("disconnect", () => stop("parent exited"));
+  }
 }
 
 export function buildProgram(): Command {

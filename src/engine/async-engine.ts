@@ -238,12 +238,14 @@ export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
   }
 
   /** Stop the engine thread, freeing the model; in-flight requests end with an error. */
-  shutdown(): Promise<void> {
+  shutdown(timeoutMs = Infinity): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = new Promise<void>((resolve) => {
       if (this.dead) return resolve();
       this.worker.once("exit", () => resolve());
       this.worker.postMessage({ type: "shutdown" } satisfies ToWorker);
+      // The thread reads the message between steps; one long step (a big prefill) must not outlast a deadline.
+      if (Number.isFinite(timeoutMs)) setTimeout(() => void this.worker.terminate(), timeoutMs).unref();
     }).then(() => this.die(new EngineDeadError("the engine was shut down")));
     return this.closing;
   }

@@ -2,7 +2,7 @@ import { IncrementalDetokenizer, type TokenDecoder } from "./detokenizer.js";
 import { KVCacheManager } from "./kv-cache-manager.js";
 import type { ScheduledSequence } from "./model-runner.js";
 import { type FinishReason, Request } from "./request.js";
-import { Rng, sampleToken, type TokenLogprob } from "./sampler.js";
+import { foldSeed, Rng, sampleToken, type TokenLogprob } from "./sampler.js";
 import type { SamplingParams } from "./sampling-params.js";
 import { Scheduler, type SchedulerConfig } from "./scheduler.js";
 
@@ -126,7 +126,8 @@ export class EngineCore {
     const requests: Request[] = [];
     for (let i = 0; i < r.sampling.n; i++) {
       const id = r.sampling.n === 1 ? r.requestId : `${r.requestId}#${i}`;
-      const seed = r.sampling.seed !== null ? r.sampling.seed + i : this.seedRng ? Math.floor(this.seedRng.next() * 2 ** 32) : null;
+      const seed =
+        r.sampling.seed !== null ? (foldSeed(r.sampling.seed) + i) >>> 0 : this.seedRng ? Math.floor(this.seedRng.next() * 2 ** 32) : null;
       requests.push(new Request(id, r.promptTokenIds, { ...r.sampling, seed }, this.eosTokenIds, performance.now(), r.priority ?? 0));
       ids.push(id);
     }

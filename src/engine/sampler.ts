@@ -1,10 +1,20 @@
 import type { SamplingParams } from "./sampling-params.js";
 
+/**
+ * A 64-bit seed (as exact as a JSON number holds it) folded into the 32-bit state: the high word is mixed in,
+ * so 2^32 or -2^63 no longer alias 0; seeds in [0, 2^32) keep the stream they always had.
+ */
+export function foldSeed(seed: number): number {
+  const lo = seed >>> 0;
+  const hi = Math.floor(seed / 2 ** 32) >>> 0;
+  return hi === 0 ? lo : (lo ^ Math.imul(hi ^ (hi >>> 16), 0x9e3779b1)) >>> 0;
+}
+
 /** A small, fast, seedable PRNG (mulberry32): each request owns one, so a seed reproduces its tokens whatever the batch. */
 export class Rng {
   private state: number;
   constructor(seed: number) {
-    this.state = seed >>> 0;
+    this.state = foldSeed(seed);
   }
   next(): number {
     let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);

@@ -97,7 +97,7 @@ export class SafetensorsFile {
       throw new FormatError(`${t} must be an object with dtype, shape and data_offsets, got ${JSON.stringify(raw)}`);
     }
     const entry = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    const dtype = typeof entry.dtype === "string" ? ST_DTYPES[entry.dtype] : undefined;
+    const dtype = typeof entry.dtype === "string" && Object.hasOwn(ST_DTYPES, entry.dtype) ? ST_DTYPES[entry.dtype] : undefined;
     if (!dtype) {
       throw new FormatError(
         `${t} has unsupported dtype ${JSON.stringify(entry.dtype)}; expected one of ${Object.keys(ST_DTYPES).join(", ")}`,

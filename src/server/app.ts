@@ -17,7 +17,7 @@ import { registerDashboard, SlidingWindow } from "./dashboard.js";
 import { ApiError, badParam } from "./errors.js";
 import { registerJsonParser } from "./json-body.js";
 import type { Metrics } from "./metrics.js";
-import { OffThreadTokenizer } from "./off-thread-tokenizer.js";
+import { OffThreadTokenizer, TokenizerBusyError } from "./off-thread-tokenizer.js";
 import {
   type ChatRequest,
   type CommonRequest,
@@ -52,16 +52,13 @@ export interface AppOptions {
   logger?: boolean;
 }
 
-/** Characters one token can cover at most, generously: a prompt with more than max_model_len times this cannot fit. */
-export const MAX_CHARS_PER_TOKEN = 32;
-
 /** Why an engine request was aborted by the server itself (its own drain timeout), as opposed to the client leaving. */
 const SHUTDOWN = Symbol("shutdown");
 
 export interface TokamakApp {
   app: FastifyInstance;
   /** Stop taking requests (503), wait for in-flight ones up to `timeoutMs`, abort the rest. */
-  drain(timeoutMs: number): Promise<{ drained: boolean; aborted: number }>;
+  drain(timeoutMs: number, finalEventsMs?: number): Promise<{ drained: boolean; aborted: number }>;
   /** Release what the app holds beyond Fastify (the tokenizer thread). */
   dispose(): Promise<void>;
 }
@@ -88,7 +85,9 @@ export function buildApp(o: AppOptions): TokamakApp {
   const info = engine.info;
   const modelName = o.servedModelNames[0]!;
   const capacity = info.config.maxNumSeqs + (o.maxQueueLen ?? 1024);
-  const maxPromptChars = info.maxModelLen * MAX_CHARS_PER_TOKEN;
+  // No text of more characters than this fits in the context: every token covers at most its longest vocabulary entry.
+  const charsPerToken = tokenizer.maxTokenChars;
+  const maxPromptChars = info.maxModelLen * charsPerToken;
   const bodyLimit = o.bodyLimit ?? 32 * 2 ** 20;
   const requestTimeout = o.requestTimeoutMs ?? 60_000;
   const headersTimeout = Math.min(o.headersTimeoutMs ?? 20_000, requestTimeout);
@@ -106,15 +105,17 @@ export function buildApp(o: AppOptions): TokamakApp {
   app.server.maxConnections = o.maxConnections ?? 4096;
   const tokenize = new OffThreadTokenizer(tokenizer, o.modelDir);
   registerJsonParser(app);
+  // A client that writes its whole body before reading must see an early answer (401, 404, 413, ...): read the rest
+  // (bounded by the request timeout) before answering, since closing a socket with unread data resets the connection.
+  app.addHook("onSend", async (request) => {
+    if (bodyUnread(request)) await discardBody(request.raw);
+  });
 
   engine.on("step", (_outputs, stats) => metrics.observeEngine(stats));
 
   app.setErrorHandler(async (err: Error & { statusCode?: number; code?: string }, request, reply) => {
     const e = toApiError(err, bodyLimit);
     if (e.status >= 500) request.log.error(err);
-    // A client that writes its whole body before reading must see the 413: read the rest (bounded by the
-    // request timeout) before answering, since closing a socket with unread data resets the connection.
-    if (e.status === 413) await discardBody(request.raw);
     return reply.code(e.status).headers(e.headers).send(e.body());
   });
   app.setNotFoundHandler((request, reply) => {
@@ -130,6 +131,8 @@ export function buildApp(o: AppOptions): TokamakApp {
 
   app.get("/health", { config: { public: true } }, async (_req, reply) => {
     if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable");
+    // A load balancer must stop sending work once the drain begins.
+    if (draining) throw new ApiError(503, "the server is shutting down", "service_unavailable");
     return reply.code(200).send();
   });
   app.get("/version", { config: { public: true } }, async () => ({ version: o.version }));
@@ -160,6 +163,9 @@ export function buildApp(o: AppOptions): TokamakApp {
   });
   app.post("/detokenize", async (request) => {
     const ids = parseDetokenizeRequest(request.body);
+    const maxIds = 4 * info.maxModelLen;
+    if (ids.length > maxIds)
+      throw badParam("tokens", `tokens has ${ids.length} ids; at most ${maxIds} (4 × max_model_len) are decoded at once`);
     const bad = ids.find((t) => t < 0 || t >= tokenizer.vocabSize);
     if (bad !== undefined) throw badParam("tokens", `token id ${bad} is outside the vocabulary [0, ${tokenizer.vocabSize})`);
     return { prompt: tokenizer.decode(ids, { skipSpecialTokens: false }) };
@@ -171,7 +177,7 @@ export function buildApp(o: AppOptions): TokamakApp {
       throw badParam(
         where,
         `the ${where} has ${chars} characters; this model's maximum context length is ${info.maxModelLen} tokens, ` +
-          `which no text of more than ${maxPromptChars} characters (${MAX_CHARS_PER_TOKEN} per token) fits`,
+          `which no text of more than ${maxPromptChars} characters (${charsPerToken} per token, the longest in the vocabulary) fits`,
       );
     }
   }
@@ -185,7 +191,8 @@ export function buildApp(o: AppOptions): TokamakApp {
     messages: ChatRequest["messages"],
     c: Pick<ChatRequest, "addGenerationPrompt" | "tools" | "chatTemplateKwargs">,
   ): Promise<number[]> {
-    const chars = messages.reduce((n, m) => n + m.content.length, 0);
+    // Everything the template may render counts: contents, earlier tool calls' arguments, reasoning, template kwargs.
+    const chars = JSON.stringify(messages).length + JSON.stringify(c.chatTemplateKwargs).length;
     boundChars(chars, "messages");
     try {
       return await tokenize.encodeChat(
@@ -415,6 +422,9 @@ export function buildApp(o: AppOptions): TokamakApp {
   };
 
   app.post("/v1/chat/completions", async (request: FastifyRequest, reply: FastifyReply) => {
+    // Watched from the start: a client that leaves while its prompt is tokenized must not leave a generation behind.
+    const ac = new AbortController();
+    watchDisconnect(reply, ac);
     const req = parseChatRequest(request.body);
     checkModel(req.model);
     checkLogitBias(req);
@@ -422,8 +432,6 @@ export function buildApp(o: AppOptions): TokamakApp {
     checkPrompt(prompt, "messages");
     const sampling = samplingFor(req, prompt.length, "messages");
     admit(sampling.n);
-    const ac = new AbortController();
-    watchDisconnect(reply, ac);
     const { id, streams, timings, arrival } = launch([prompt], [sampling], "chatcmpl", ac);
     const createdAt = Math.floor(Date.now() / 1000);
     const base = { id, object: "chat.completion.chunk", created: createdAt, model: modelName };
@@ -498,6 +506,8 @@ export function buildApp(o: AppOptions): TokamakApp {
   });
 
   app.post("/v1/completions", async (request: FastifyRequest, reply: FastifyReply) => {
+    const ac = new AbortController();
+    watchDisconnect(reply, ac);
     const req: CompletionRequest = parseCompletionRequest(request.body);
     checkModel(req.model);
     checkLogitBias(req);
@@ -510,11 +520,9 @@ export function buildApp(o: AppOptions): TokamakApp {
     );
     const prompts = req.prompts.map((p) => (typeof p === "string" ? encoded.shift()! : p));
     prompts.forEach((ids, i) => checkPrompt(ids, where(i)));
-    const samplings = prompts.map((p) => samplingFor(req, p.length, "prompt"));
+    const samplings = prompts.map((p, i) => samplingFor(req, p.length, where(i)));
     const n = samplings[0]!.n;
     admit(prompts.length * n);
-    const ac = new AbortController();
-    watchDisconnect(reply, ac);
     const { id, streams, timings, arrival } = launch(prompts, samplings, "cmpl", ac);
     const createdAt = Math.floor(Date.now() / 1000);
     const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
@@ -611,7 +619,7 @@ export function buildApp(o: AppOptions): TokamakApp {
   }
 
   /** New requests get 503 at once; in-flight ones run until `timeoutMs`, then end with a final error (and [DONE] when streaming). */
-  async function drain(timeoutMs: number): Promise<{ drained: boolean; aborted: number }> {
+  async function drain(timeoutMs: number, finalEventsMs = 200): Promise<{ drained: boolean; aborted: number }> {
     draining = true;
     closing.abort(); // the dashboard's event streams end now
     const deadline = now() + timeoutMs;
@@ -620,11 +628,17 @@ export function buildApp(o: AppOptions): TokamakApp {
     const aborted = live.size;
     for (const ac of live) ac.abort(SHUTDOWN);
     // Let the handlers write their final events before the caller closes the server.
-    for (let i = 0; i < 50 && live.size > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const until = now() + finalEventsMs;
+    while (live.size > 0 && now() < until) await new Promise((r) => setTimeout(r, 10));
     return { drained, aborted: drained ? 0 : aborted };
   }
 
   return { app, drain, dispose: async () => void (await tokenize.close()) };
+}
+
+/** True when the answer goes out before the request body was read (an auth or routing error, a 413). */
+function bodyUnread(request: FastifyRequest): boolean {
+  return !request.raw.readableEnded && !request.raw.destroyed && request.raw.headers["content-length"] !== "0";
 }
 
 /** Read and drop the rest of a request body. */
@@ -656,6 +670,7 @@ function toApiError(err: Error & { statusCode?: number; code?: string }, bodyLim
     if (err.kind === "AbortError") return new ApiError(499, err.message, "aborted");
     return new ApiError(400, err.message);
   }
+  if (err instanceof TokenizerBusyError) return new ApiError(503, err.message, "service_unavailable", null, null, { "Retry-After": "1" });
   if (err instanceof EngineDeadError) return new ApiError(503, err.message, "service_unavailable", null, null, { "Retry-After": "5" });
   if (err.statusCode === 413)
     return new ApiError(

@@ -17,11 +17,22 @@ export type TokenizeReply = { id: number } & (
 
 /** Inputs of more characters than this (in all) go to the worker. */
 export const OFF_THREAD_CHARS = 32 * 1024;
+/** Characters queued for the worker at most; past this, new large inputs are refused until it catches up. */
+export const MAX_QUEUED_CHARS = 256 * 2 ** 20;
+
+/** The worker's queue is full: the caller should answer 503 and let the client retry. */
+export class TokenizerBusyError extends Error {
+  constructor(queued: number) {
+    super(`the tokenizer has ${queued} characters queued; retry shortly`);
+    this.name = "TokenizerBusyError";
+  }
+}
 
 export class OffThreadTokenizer {
   private worker: Worker | null = null;
   private nextId = 0;
-  private readonly pending = new Map<number, { resolve: (ids: number[][]) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { chars: number; resolve: (ids: number[][]) => void; reject: (e: Error) => void }>();
+  private queuedChars = 0;
 
   constructor(
     private readonly local: Tokenizer,
@@ -33,7 +44,7 @@ export class OffThreadTokenizer {
   async encodeAll(texts: string[], addSpecialTokens: boolean): Promise<number[][]> {
     const chars = texts.reduce((n, t) => n + t.length, 0);
     if (chars <= OFF_THREAD_CHARS || !this.modelDir) return texts.map((t) => this.local.encode(t, { addSpecialTokens }));
-    return this.submit({ kind: "texts", texts, addSpecialTokens });
+    return this.submit({ kind: "texts", texts, addSpecialTokens }, chars);
   }
 
   /** Render the chat template and encode it; `chars` is the conversation's size, which picks the thread. */
@@ -41,7 +52,7 @@ export class OffThreadTokenizer {
     if (chars <= OFF_THREAD_CHARS || !this.modelDir) {
       return this.local.encode(this.local.applyChatTemplate(messages, options), { addSpecialTokens: false });
     }
-    return (await this.submit({ kind: "chat", messages, options }))[0]!;
+    return (await this.submit({ kind: "chat", messages, options }, chars))[0]!;
   }
 
   close(): Promise<number> | undefined {
@@ -50,11 +61,13 @@ export class OffThreadTokenizer {
     return w?.terminate();
   }
 
-  private submit(job: JobBody): Promise<number[][]> {
+  private submit(job: JobBody, chars: number): Promise<number[][]> {
+    if (this.queuedChars + chars > MAX_QUEUED_CHARS) return Promise.reject(new TokenizerBusyError(this.queuedChars));
     const worker = this.start();
     const id = this.nextId++;
+    this.queuedChars += chars;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { chars, resolve, reject });
       worker.postMessage({ ...job, id });
     });
   }
@@ -77,6 +90,7 @@ export class OffThreadTokenizer {
     const p = this.pending.get(r.id);
     this.pending.delete(r.id);
     if (!p) return;
+    this.queuedChars -= p.chars;
     if (r.error === undefined) return p.resolve(r.ids);
     const e = r.error;
     p.reject(
@@ -89,5 +103,6 @@ export class OffThreadTokenizer {
   private failAll(err: Error): void {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+    this.queuedChars = 0;
   }
 }

@@ -61,7 +61,7 @@ const isBool = (v: unknown): v is boolean => typeof v === "boolean";
 const isString = (v: unknown): v is string => typeof v === "string";
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 const isIntArray = (v: unknown): v is number[] => Array.isArray(v) && v.every(isInt);
-// vLLM takes any 64-bit seed, signed or not; past that range a seed would silently alias another.
+// vLLM takes any 64-bit seed, signed or not (a negative one is its two's complement); the sampler mixes all of its bits.
 const isSeed = (v: unknown): v is number => isInt(v) && v >= -(2 ** 63) && v < 2 ** 64;
 const isStringOrStrings = (v: unknown): v is string | string[] => isString(v) || (Array.isArray(v) && v.every(isString));
 
@@ -227,7 +227,12 @@ function checkToolChoice(choice: unknown, names: string[]): void {
 function rejectUnsupported(body: Body, chat: boolean): void {
   const notYet = (field: string, what: string) =>
     badParam(field, `${field}: ${what} is not supported by this server yet; send the request without ${field}`);
-  if (chat) {
+  if (!chat) {
+    for (const field of ["tools", "tool_choice", "functions"]) {
+      if (body[field] !== undefined && body[field] !== null)
+        throw badParam(field, `${field} belongs to /v1/chat/completions, not /v1/completions`);
+    }
+  } else {
     const names = body.tools === undefined || body.tools === null ? [] : checkTools(body.tools);
     checkToolChoice(body.tool_choice, names);
     optional(body, "parallel_tool_calls", isBool, "a boolean");
@@ -259,6 +264,18 @@ function rejectUnsupported(body: Body, chat: boolean): void {
   }
 }
 
+/** Template variables the server sets itself: kwargs may not override them (`tools` would bypass the tools check). */
+const RESERVED_KWARGS = ["messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "pad_token", "unk_token"];
+
+function templateKwargs(body: Body): Record<string, unknown> {
+  const kwargs = optional(body, "chat_template_kwargs", isObject, "an object") ?? {};
+  const reserved = Object.keys(kwargs).find((k) => RESERVED_KWARGS.includes(k));
+  if (reserved !== undefined) {
+    throw badParam("chat_template_kwargs", `chat_template_kwargs may not set "${reserved}" (reserved: ${RESERVED_KWARGS.join(", ")})`);
+  }
+  return kwargs;
+}
+
 export function parseChatRequest(raw: unknown): ChatRequest {
   const body = requireObject(raw);
   const req = common(body, ["max_completion_tokens", "max_tokens"]);
@@ -280,7 +297,7 @@ export function parseChatRequest(raw: unknown): ChatRequest {
     addGenerationPrompt: optional(body, "add_generation_prompt", isBool, "a boolean") ?? !continueFinalMessage,
     continueFinalMessage,
     tools: undefined,
-    chatTemplateKwargs: optional(body, "chat_template_kwargs", isObject, "an object") ?? {},
+    chatTemplateKwargs: templateKwargs(body),
   };
 }
 

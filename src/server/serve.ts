@@ -82,12 +82,13 @@ export async function startServer(modelDir: string, o: ServeOptions = {}): Promi
     let stopping: Promise<{ drained: boolean; aborted: number }> | null = null;
     const shutdown = (timeoutMs = 30_000) =>
       (stopping ??= (async () => {
-        // The drain takes all but the last part of the timeout; closing the sockets and the engine get the rest.
-        const teardownMs = Math.min(1000, timeoutMs / 5);
-        const result = await drain(timeoutMs - teardownMs);
-        await closeWithin(app, teardownMs / 2);
+        // The drain takes all but the last part of the timeout; the final events, the sockets and the engine share the rest.
+        const deadline = performance.now() + timeoutMs;
+        const teardownMs = Math.min(1500, timeoutMs / 4);
+        const result = await drain(timeoutMs - teardownMs, teardownMs / 4);
+        await closeWithin(app, teardownMs / 4);
         await dispose();
-        await engine.shutdown();
+        await engine.shutdown(Math.max(0, deadline - performance.now()));
         return result;
       })());
     return { url: address, engine, app, metrics, shutdown };

@@ -146,6 +146,22 @@ export class Tokenizer {
     return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false });
   }
 
+  private longest: number | undefined;
+
+  /**
+   * The most characters one token can stand for: its longest vocabulary entry (byte-level entries spell one
+   * character per byte, which is at least the decoded text's length), so no text longer than maxModelLen times
+   * this fits in the context.
+   */
+  get maxTokenChars(): number {
+    if (this.longest === undefined) {
+      let max = 1;
+      for (const token of this.hf.get_vocab(true).keys()) max = Math.max(max, token.length);
+      this.longest = max;
+    }
+    return this.longest;
+  }
+
   idToToken(id: number): string | undefined {
     return this.hf.id_to_token(id);
   }
