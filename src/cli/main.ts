@@ -190,7 +190,7 @@ function handleShutdownSignals(server: RunningServer, shutdownTimeout: number): 
         process.stderr.write("shutdown did not finish in time; exiting\n");
         process.exit(1);
       },
-      shutdownTimeout * 1000 + 5000,
+      Math.min(shutdownTimeout * 1000 + 5000, 2 ** 31 - 1), // Node's timer limit; past it a timer fires at once
     ).unref();
     server.shutdown(shutdownTimeout * 1000).then(
       (r) => {

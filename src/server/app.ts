@@ -89,7 +89,8 @@ export function buildApp(o: AppOptions): TokamakApp {
   const charsPerToken = tokenizer.maxTokenChars;
   const maxPromptChars = info.maxModelLen * charsPerToken;
   const bodyLimit = o.bodyLimit ?? 32 * 2 ** 20;
-  const requestTimeout = o.requestTimeoutMs ?? 60_000;
+  // Node's timers hold at most 2^31 - 1 ms (about 24.8 days); a longer one would silently become 1 ms.
+  const requestTimeout = Math.min(o.requestTimeoutMs ?? 60_000, 2 ** 31 - 1);
   const headersTimeout = Math.min(o.headersTimeoutMs ?? 20_000, requestTimeout);
   let draining = false;
   const closing = new AbortController();
