@@ -191,6 +191,7 @@ export class EngineCore {
     plan.scheduled.forEach(({ request: r, numNewTokens: n }, i) => {
       this.promptTokens += Math.max(0, Math.min(n, r.promptTokenIds.length - r.numComputedTokens));
       r.numComputedTokens += n;
+      this.kv.commitComputed(r);
       if (!seqs[i]!.wantLogits) return;
       const sampled = sampleToken(logits.subarray(row * V, (row + 1) * V), r.sampling, r);
       row++;

@@ -37,6 +37,8 @@ export function hashBlock(parent: string | null, tokens: readonly number[], salt
 export class KVCacheManager {
   readonly pool: BlockPool;
   private owned = new Map<string, KVBlock[]>();
+  /** Hashes of blocks this step's grants will fill: findable only once the forward pass has written them. */
+  private pending = new Set<string>();
   readonly stats: CacheStats = { queries: 0, hits: 0 };
 
   constructor(
@@ -69,11 +71,14 @@ export class KVCacheManager {
       if (!b) break;
       blocks.push(b);
     }
-    if (this.pool.enableCaching) {
-      this.stats.queries += req.allTokenIds.length;
-      this.stats.hits += blocks.length * this.blockSize;
-    }
     return { blocks, numTokens: blocks.length * this.blockSize };
+  }
+
+  /** Count one prefix-cache lookup, once the request is admitted (a request that waits is not counted each step). */
+  recordLookup(req: CacheRequest, numCachedTokens: number): void {
+    if (!this.pool.enableCaching) return;
+    this.stats.queries += req.allTokenIds.length;
+    this.stats.hits += numCachedTokens;
   }
 
   /**
@@ -92,15 +97,43 @@ export class KVCacheManager {
     this.pool.share(cachedPrefix);
     const blocks = [...have, ...cachedPrefix, ...this.pool.allocate(needNew)];
     this.owned.set(req.requestId, blocks);
-    this.cacheFullBlocks(req, blocks, computed + numNewTokens);
+    this.notePending(req, computed + numNewTokens);
     return true;
   }
 
-  /** Register the blocks that will be full once `numTokens` tokens are computed. */
-  private cacheFullBlocks(req: CacheRequest, blocks: readonly KVBlock[], numTokens: number): void {
+  /** A new step: grants of the last one were either computed (and committed) or abandoned. */
+  beginStep(): void {
+    this.pending.clear();
+  }
+
+  /** Note the blocks this grant will fill, so a request with the same prefix can wait one step and share them. */
+  private notePending(req: CacheRequest, numTokens: number): void {
     if (!this.pool.enableCaching) return;
     this.updateHashes(req);
     const full = Math.min(Math.floor(numTokens / this.blockSize), req.blockHashes.length);
+    for (let i = Math.floor(req.numComputedTokens / this.blockSize); i < full; i++) this.pending.add(req.blockHashes[i]!);
+  }
+
+  /**
+   * True when the next block `req` would compute is being computed this step by another grant:
+   * admitting it a step later shares that block instead of computing it twice (n > 1 siblings).
+   */
+  waitsForPending(req: CacheRequest, numCachedBlocks: number): boolean {
+    const next = req.blockHashes[numCachedBlocks];
+    return next !== undefined && this.pending.has(next);
+  }
+
+  /**
+   * After the forward pass that wrote them has completed: make the request's full, computed blocks
+   * findable. Only here, so a revoked grant, a preemption or a failed step never leaves a findable
+   * block whose KV was not computed.
+   */
+  commitComputed(req: CacheRequest): void {
+    if (!this.pool.enableCaching) return;
+    const blocks = this.owned.get(req.requestId);
+    if (!blocks) return;
+    this.updateHashes(req);
+    const full = Math.min(Math.floor(req.numComputedTokens / this.blockSize), req.blockHashes.length, blocks.length);
     for (let i = 0; i < full; i++) this.pool.cacheBlock(blocks[i]!, req.blockHashes[i]!);
   }
 

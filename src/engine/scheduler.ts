@@ -72,6 +72,7 @@ export class Scheduler {
 
   schedule(): SchedulerOutput {
     this.step++;
+    this.kv.beginStep();
     let budget = this.config.maxNumBatchedTokens;
     const scheduled: ScheduledRequest[] = [];
     const preempted: Request[] = [];
@@ -107,9 +108,11 @@ export class Scheduler {
       while (this.waiting.length > 0 && budget > 0 && this.running.length < this.config.maxNumSeqs) {
         const req = this.waiting[0]!;
         const prefix = req.numComputedTokens === 0 ? this.kv.findCachedPrefix(req) : { blocks: [], numTokens: 0 };
+        if (req.numComputedTokens === 0 && scheduled.length > 0 && this.kv.waitsForPending(req, prefix.blocks.length)) break;
         const numNew = Math.min(req.numTokens - req.numComputedTokens - prefix.numTokens, budget, chunkCap);
         if (!this.kv.allocateSlots(req, numNew, prefix.blocks)) break;
         this.waiting.shift();
+        if (req.numComputedTokens === 0) this.kv.recordLookup(req, prefix.numTokens);
         req.numComputedTokens += prefix.numTokens;
         if (req.firstScheduledStep < 0) {
           req.numCachedTokens = prefix.numTokens;

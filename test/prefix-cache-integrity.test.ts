@@ -1,0 +1,210 @@
+/**
+ * The prefix cache never serves KV that was not computed. The executor here
+ * keeps a token in every KV slot it writes and derives its logits from the
+ * slots it reads, so a block served without having been written (a revoked
+ * grant, a failed step) changes what a request generates. Every finished
+ * request is checked against the tokens a correct cache must give.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { EngineCore, type EngineConfig, type StepExecutor } from "../src/engine/engine-core.js";
+import { KVCacheManager } from "../src/engine/kv-cache-manager.js";
+import type { ScheduledSequence } from "../src/engine/model-runner.js";
+import { resolveSamplingParams } from "../src/engine/sampling-params.js";
+
+const VOCAB = 97;
+const BLOCK = 4;
+const GARBAGE = -7;
+
+/** The next token of a context, as a correct forward pass over it would give. */
+function step(digest: number, token: number, pos: number): number {
+  return (Math.imul(digest ^ (token + 1), 0x9e3779b1) + pos * 0x85ebca6b) >>> 0;
+}
+const next = (digest: number) => digest % VOCAB;
+
+/** Greedy continuation of `prompt` with an always-correct KV cache. */
+function expected(prompt: readonly number[], maxTokens: number): number[] {
+  let d = 0;
+  const all = [...prompt];
+  prompt.forEach((t, p) => (d = step(d, t, p)));
+  const out: number[] = [];
+  while (out.length < maxTokens) {
+    const t = next(d);
+    out.push(t);
+    d = step(d, t, all.length);
+    all.push(t);
+  }
+  return out;
+}
+
+/** A model whose output depends on every KV slot it reads. `failWhen` makes a step write garbage and throw. */
+class KvCheckingExecutor implements StepExecutor {
+  readonly vocabSize = VOCAB;
+  private slots = new Map<number, number>();
+  failWhen: () => boolean = () => false;
+  failures = 0;
+
+  execute(seqs: readonly ScheduledSequence[]): Float32Array {
+    if (this.failWhen()) {
+      // A step that dies half-way: some of its KV is written, none of it right.
+      for (const s of seqs) s.tokens.forEach((_, j) => this.slots.set(this.slot(s, s.numCached + j), GARBAGE));
+      this.failures++;
+      throw new Error("injected step failure");
+    }
+    const rows: number[] = [];
+    for (const s of seqs) {
+      let d = 0;
+      for (let p = 0; p < s.numCached; p++) d = step(d, this.slots.get(this.slot(s, p)) ?? GARBAGE, p);
+      s.tokens.forEach((t, j) => {
+        this.slots.set(this.slot(s, s.numCached + j), t);
+        d = step(d, t, s.numCached + j);
+      });
+      if (s.wantLogits) rows.push(next(d));
+    }
+    const logits = new Float32Array(rows.length * VOCAB);
+    rows.forEach((t, i) => (logits[i * VOCAB + t] = 1));
+    return logits;
+  }
+
+  private slot(s: ScheduledSequence, pos: number): number {
+    return s.blocks[Math.floor(pos / BLOCK)]! * BLOCK + (pos % BLOCK);
+  }
+}
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+}
+
+interface Outcome {
+  checked: number;
+  hits: number;
+  preemptions: number;
+  failures: number;
+}
+
+/** Random arrivals over shared prefixes, random priorities and aborts, a small cache; every finished request is checked. */
+function fuzz(seed: number, opts: { policy: "fcfs" | "priority"; failRate: number }): Outcome {
+  const r = rng(seed);
+  const int = (lo: number, hi: number) => lo + Math.floor(r() * (hi - lo + 1));
+  const config: EngineConfig = {
+    blockSize: BLOCK,
+    numBlocks: 16,
+    enablePrefixCaching: true,
+    maxNumBatchedTokens: 12,
+    maxNumSeqs: 6,
+    maxModelLen: 64,
+    policy: opts.policy,
+  };
+  const exec = new KvCheckingExecutor();
+  exec.failWhen = () => r() < opts.failRate;
+  const core = new EngineCore(exec, config, []);
+  const prefixes = Array.from({ length: 3 }, () => Array.from({ length: int(4, 20) }, () => int(0, VOCAB - 1)));
+  const jobs = new Map<string, { prompt: number[]; maxTokens: number; out: number[] }>();
+  const aborted = new Set<string>();
+  let checked = 0;
+  for (let t = 0, added = 0; added < 24 || core.hasUnfinished; t++) {
+    if (added < 24 && r() < 0.5) {
+      const prompt = [...prefixes[int(0, 2)]!, ...Array.from({ length: int(1, 20) }, () => int(0, VOCAB - 1))];
+      const id = `r${added++}`;
+      const maxTokens = int(1, 20);
+      jobs.set(id, { prompt, maxTokens, out: [] });
+      const sampling = resolveSamplingParams({ temperature: 0, maxTokens, ignoreEos: true });
+      core.addRequest({ requestId: id, promptTokenIds: prompt, sampling, priority: opts.policy === "priority" ? int(0, 3) : 0 });
+    }
+    if (r() < 0.03 && jobs.size > 0) {
+      const id = [...jobs.keys()][int(0, jobs.size - 1)]!;
+      if (core.abort(id)) aborted.add(id);
+    }
+    let outputs;
+    try {
+      outputs = core.step();
+    } catch {
+      // As the engine thread does: end every request of the failed step with the error.
+      for (const req of [...core.scheduler.running]) {
+        const id = core.parentOf(req.requestId);
+        if (id !== undefined && core.abort(id)) aborted.add(id);
+      }
+      continue;
+    }
+    for (const o of outputs) {
+      const job = jobs.get(o.requestId)!;
+      job.out.push(...o.newTokenIds);
+      if (!o.finished) continue;
+      assert.deepEqual(job.out, expected(job.prompt, job.maxTokens), `seed ${seed}: ${o.requestId} read KV that was never computed`);
+      checked++;
+    }
+    assert.ok(t < 100_000, "the workload does not finish");
+  }
+  const stats = core.stats();
+  return { checked, hits: stats.prefixCacheHits, preemptions: stats.numPreemptions, failures: exec.failures };
+}
+
+describe("prefix cache integrity", () => {
+  it("a grant taken back before its step runs leaves no findable block", () => {
+    const kv = new KVCacheManager(8, BLOCK, true);
+    const req = { requestId: "a", allTokenIds: [1, 2, 3, 4, 5, 6, 7, 8, 9], numComputedTokens: 0, blockHashes: [] as string[] };
+    kv.beginStep();
+    assert.ok(kv.allocateSlots(req, 9));
+    kv.free("a"); // preempted (or the step failed) before the forward pass: nothing was written
+    const again = { ...req, requestId: "b", blockHashes: [] as string[] };
+    assert.equal(kv.findCachedPrefix(again).numTokens, 0);
+    // Once a step has computed them, the same blocks are found.
+    assert.ok(kv.allocateSlots(again, 9));
+    kv.commitComputed({ ...again, numComputedTokens: 9 });
+    kv.free("b");
+    assert.equal(kv.findCachedPrefix({ ...req, requestId: "c", blockHashes: [] }).numTokens, 8);
+  });
+
+  it("priority scheduling with preemption and chunked prefill: every request reads only computed KV (1,000 random workloads)", () => {
+    let hits = 0;
+    let preemptions = 0;
+    let checked = 0;
+    for (let seed = 1; seed <= 1000; seed++) {
+      const o = fuzz(seed, { policy: "priority", failRate: 0 });
+      hits += o.hits;
+      preemptions += o.preemptions;
+      checked += o.checked;
+    }
+    // The workloads exercise what they claim to: cache hits, preemptions, thousands of checked requests.
+    assert.ok(hits > 10_000, `prefix hits ${hits}`);
+    assert.ok(preemptions > 1_000, `preemptions ${preemptions}`);
+    assert.ok(checked > 20_000, `checked ${checked}`);
+  });
+
+  it("a failed step leaves none of its blocks findable (300 random workloads, FCFS and priority)", () => {
+    let failures = 0;
+    let checked = 0;
+    for (let seed = 1; seed <= 300; seed++) {
+      const o = fuzz(seed, { policy: seed % 2 === 0 ? "priority" : "fcfs", failRate: 0.08 });
+      failures += o.failures;
+      checked += o.checked;
+    }
+    assert.ok(failures > 500, `failures ${failures}`);
+    assert.ok(checked > 2_000, `checked ${checked}`);
+  });
+
+  it("a sibling waits one step for the blocks being computed rather than computing them again", () => {
+    const exec = new KvCheckingExecutor();
+    const config: EngineConfig = {
+      blockSize: BLOCK,
+      numBlocks: 64,
+      enablePrefixCaching: true,
+      maxNumBatchedTokens: 256,
+      maxNumSeqs: 8,
+      maxModelLen: 64,
+      policy: "fcfs",
+    };
+    const core = new EngineCore(exec, config, []);
+    const prompt = Array.from({ length: 21 }, (_, i) => (i * 7) % VOCAB);
+    core.addRequest({
+      requestId: "n4",
+      promptTokenIds: prompt,
+      sampling: resolveSamplingParams({ n: 4, temperature: 0, maxTokens: 3, ignoreEos: true }),
+    });
+    const out = new Map<number, number[]>();
+    while (core.hasUnfinished) for (const o of core.step()) out.set(o.index, [...(out.get(o.index) ?? []), ...o.newTokenIds]);
+    for (let i = 0; i < 4; i++) assert.deepEqual(out.get(i), expected(prompt, 3));
+    assert.equal(core.stats().prefixCacheHits, 3 * 20, "three siblings share the first's five full blocks");
+  });
+});
