@@ -1,8 +1,8 @@
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readSync, writeSync } from "node:fs";
 import { basename, join } from "node:path";
 import type { DType } from "../backend/dtype.js";
 import { dtypeBytes } from "../backend/dtype.js";
-import { checkRegularFile } from "./regular-file.js";
+import { checkRegularFile, readJsonFile } from "./regular-file.js";
 
 /** One tensor's place in a safetensors file. */
 export interface TensorInfo {
@@ -207,13 +207,7 @@ export class SafetensorsCheckpoint {
 
 /** The shard files `model.safetensors.index.json` maps tensors to, each once. */
 function readShardNames(indexPath: string): string[] {
-  checkRegularFile(indexPath, FormatError);
-  let index: unknown;
-  try {
-    index = JSON.parse(readFileSync(indexPath, "utf8"));
-  } catch (err) {
-    throw new FormatError(`${indexPath}: not valid JSON (${(err as Error).message})`);
-  }
+  const index = readJsonFile(indexPath, FormatError);
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
   if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
     throw new FormatError(`${indexPath}: missing "weight_map" object (tensor name to shard file name)`);

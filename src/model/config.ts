@@ -1,7 +1,7 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { type DType, parseDType } from "../backend/dtype.js";
-import { checkRegularFile } from "../formats/regular-file.js";
+import { readJsonFile } from "../formats/regular-file.js";
 
 /** Architectures written against the Llama forward pass, and what differs between them. */
 export const ARCHITECTURES = {
@@ -57,14 +57,7 @@ export class ConfigError extends Error {
 export function loadConfig(modelDir: string): ModelConfig {
   const path = join(modelDir, "config.json");
   if (!existsSync(path)) throw new ConfigError(`${path}: not found; a Hugging Face model folder needs a config.json`);
-  checkRegularFile(path, ConfigError);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, "utf8"));
-  } catch (err) {
-    throw new ConfigError(`${path}: not valid JSON (${(err as Error).message})`);
-  }
-  return parseConfig(raw, path);
+  return parseConfig(readJsonFile(path, ConfigError), path);
 }
 
 export function parseConfig(raw: unknown, where: string): ModelConfig {

@@ -1,7 +1,7 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
-import { checkRegularFile } from "../formats/regular-file.js";
+import { readJsonFile } from "../formats/regular-file.js";
 import { ConfigError, tokenIdList } from "./config.js";
 
 export interface GenerationDefaults {
@@ -28,13 +28,7 @@ const KEYS: Record<string, string> = {
 export function loadGenerationDefaults(modelDir: string, opts: { ignoreSampling?: boolean } = {}): GenerationDefaults {
   const path = join(modelDir, "generation_config.json");
   if (!existsSync(path)) return { sampling: {}, eosTokenIds: [] };
-  checkRegularFile(path, ConfigError);
-  let g: unknown;
-  try {
-    g = JSON.parse(readFileSync(path, "utf8"));
-  } catch (err) {
-    throw new ConfigError(`${path}: not valid JSON (${(err as Error).message})`);
-  }
+  const g = readJsonFile(path, ConfigError);
   if (typeof g !== "object" || g === null || Array.isArray(g)) throw new ConfigError(`${path}: expected a JSON object`);
   const raw = g as Record<string, unknown>;
   // null means "not set"; any other non-number is left for the validator to reject.

@@ -131,9 +131,9 @@ export function buildApp(o: AppOptions): TokamakApp {
   registerDashboard(app, { engine, modelName, ttft: ttftWindow, itl: itlWindow, closing: closing.signal });
 
   app.get("/health", { config: { public: true } }, async (_req, reply) => {
-    if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable");
+    if (!engine.isAlive) throw unavailable("the engine is not running");
     // A load balancer must stop sending work once the drain begins.
-    if (draining) throw new ApiError(503, "the server is shutting down", "service_unavailable");
+    if (draining) throw unavailable("the server is shutting down");
     return reply.code(200).send();
   });
   app.get("/version", { config: { public: true } }, async () => ({ version: o.version }));
@@ -237,8 +237,8 @@ export function buildApp(o: AppOptions): TokamakApp {
 
   /** Admit a request of `numSequences` sequences (prompts × n), or say why not. */
   function admit(numSequences: number): void {
-    if (draining) throw new ApiError(503, "the server is shutting down", "service_unavailable", null, null, { "Retry-After": "5" });
-    if (!engine.isAlive) throw new ApiError(503, "the engine is not running", "service_unavailable", null, null, { "Retry-After": "5" });
+    if (draining) throw unavailable("the server is shutting down");
+    if (!engine.isAlive) throw unavailable("the engine is not running");
     if (numSequences > capacity) {
       throw badParam(
         "n",
@@ -642,6 +642,11 @@ function bodyUnread(request: FastifyRequest): boolean {
   return !request.raw.readableEnded && !request.raw.destroyed && request.raw.headers["content-length"] !== "0";
 }
 
+/** 503 with the seconds a client should wait before retrying. */
+function unavailable(message: string, retryAfterS = 5): ApiError {
+  return new ApiError(503, message, "service_unavailable", null, null, { "Retry-After": String(retryAfterS) });
+}
+
 /** Read and drop the rest of a request body. */
 function discardBody(req: FastifyRequest["raw"]): Promise<void> {
   if (req.readableEnded || req.destroyed) return Promise.resolve();
@@ -671,8 +676,8 @@ function toApiError(err: Error & { statusCode?: number; code?: string }, bodyLim
     if (err.kind === "AbortError") return new ApiError(499, err.message, "aborted");
     return new ApiError(400, err.message);
   }
-  if (err instanceof TokenizerBusyError) return new ApiError(503, err.message, "service_unavailable", null, null, { "Retry-After": "1" });
-  if (err instanceof EngineDeadError) return new ApiError(503, err.message, "service_unavailable", null, null, { "Retry-After": "5" });
+  if (err instanceof TokenizerBusyError) return unavailable(err.message, 1);
+  if (err instanceof EngineDeadError) return unavailable(err.message);
   if (err.statusCode === 413)
     return new ApiError(
       413,

@@ -1,7 +1,7 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { checkRegularFile } from "../formats/regular-file.js";
+import { checkRegularFile, readJsonFile } from "../formats/regular-file.js";
 import { type ChatMessage, ChatTemplateError, type ChatTemplateOptions, ChatTemplates } from "./chat-template.js";
 
 export type { ChatMessage, ChatTemplateOptions } from "./chat-template.js";
@@ -21,13 +21,7 @@ function readJsonObject(path: string, required: boolean, hint: string): JsonObje
     if (required) throw new TokenizerError(`${path}: not found; ${hint}`);
     return undefined;
   }
-  checkRegularFile(path, TokenizerError);
-  let value: unknown;
-  try {
-    value = JSON.parse(readFileSync(path, "utf8"));
-  } catch (err) {
-    throw new TokenizerError(`${path}: not valid JSON (${(err as Error).message})`);
-  }
+  const value = readJsonFile(path, TokenizerError);
   if (typeof value !== "object" || value === null || Array.isArray(value)) throw new TokenizerError(`${path}: expected a JSON object`);
   return value as JsonObject;
 }
