@@ -167,6 +167,7 @@ describe("the API key", () => {
       ["GET", "/v1/admin/memory"],
       ["GET", "/dashboard/events"],
       ["GET", "/metrics"],
+      ["GET", "/no/such/route"], // unknown paths too: nothing about the server is told without the key
     ];
     for (const [method, path, body] of protectedRoutes) {
       const res = await fetch(`${server.url}${path}`, {

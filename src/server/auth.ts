@@ -44,14 +44,14 @@ export function bearerCheck(apiKey: string | undefined): (headers: Headers) => v
 }
 
 /**
- * Every route registered after this call requires the key unless its config
- * says `public: true`; `/metrics` is public only when `metricsNoAuth` is set.
+ * Every request needs the key unless the route it matched says `public: true` (or is `/metrics` with
+ * `metricsNoAuth`). One global hook, read from the matched route, so the order routes are registered in
+ * cannot leave one unprotected; a request that matched no route needs the key too (401 before 404).
  */
 export function protectRoutes(app: FastifyInstance, check: (headers: Headers) => void, metricsNoAuth: boolean): void {
-  app.addHook("onRoute", (route) => {
-    const open = route.config?.public === true || (metricsNoAuth && route.url === "/metrics");
-    if (open) return;
-    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest];
-    route.onRequest = [async (request) => check(request.headers), ...hooks];
+  app.addHook("onRequest", async (request) => {
+    const route = request.routeOptions;
+    if (route.config?.public === true || (metricsNoAuth && route.url === "/metrics")) return;
+    check(request.headers);
   });
 }
