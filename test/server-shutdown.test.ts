@@ -129,8 +129,8 @@ describe("SIGTERM", () => {
       const code = await exited(child);
       const elapsed = (Date.now() - t0) / 1000;
       assert.equal(code, 0, log());
-      // The drain lasts the timeout at most; 2 s of slack for a loaded machine, not the 30+ s it took before.
-      assert.ok(elapsed < timeoutS + 2, `exited ${elapsed.toFixed(1)} s after SIGTERM with --shutdown-timeout ${timeoutS}`);
+      // The drain lasts the timeout at most; 3 s of slack for a loaded machine, not the 30+ s it took before.
+      assert.ok(elapsed < timeoutS + 3, `exited ${elapsed.toFixed(1)} s after SIGTERM with --shutdown-timeout ${timeoutS}`);
       assert.match(shortBody, /"finish_reason":"length"[\s\S]*data: \[DONE\]\n\n$/, "a short stream finishes normally");
       for (const b of bodies) {
         assert.match(b, /data: \{"error":\{"message":"the server shut down before the request finished[^"]*","type":"service_unavailable"/);

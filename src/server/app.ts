@@ -19,6 +19,13 @@ import { registerJsonParser } from "./json-body.js";
 import type { Metrics } from "./metrics.js";
 import { OffThreadTokenizer, TokenizerBusyError } from "./off-thread-tokenizer.js";
 import {
+  chatLogprobs as formatChatLogprobs,
+  completionLogprobs as formatCompletionLogprobs,
+  type Logprobs,
+  usage,
+} from "./openai-format.js";
+import { endEventStream, openEventStream, sendEvent } from "./sse.js";
+import {
   type ChatRequest,
   type CommonRequest,
   type CompletionRequest,
@@ -361,60 +368,11 @@ export function buildApp(o: AppOptions): TokamakApp {
     return tokenizer.decode([id], { skipSpecialTokens: false });
   }
 
-  function chatLogprobs(lps: Choice["logprobs"], ids: number[]) {
-    const entry = (token: number, logprob: number) => {
-      const text = tokenText(token);
-      return { token: text, logprob: Math.max(logprob, -9999), bytes: [...Buffer.from(text, "utf8")] };
-    };
-    return {
-      content: lps.map((lp, k) => ({ ...entry(ids[k]!, lp.logprob), top_logprobs: (lp.top ?? []).map((t) => entry(t.token, t.logprob)) })),
-    };
-  }
-
-  function completionLogprobs(lps: Choice["logprobs"], ids: number[], offset0: number) {
-    const tokens = ids.map(tokenText);
-    const textOffset: number[] = [];
-    let off = offset0;
-    for (const t of tokens) {
-      textOffset.push(off);
-      off += t.length;
-    }
-    return {
-      tokens,
-      token_logprobs: lps.map((l) => l.logprob),
-      top_logprobs: lps.map((l) => (l.top ? Object.fromEntries(l.top.map((t) => [tokenText(t.token), t.logprob])) : null)),
-      text_offset: textOffset,
-    };
-  }
-
-  function usage(promptTokens: number, completionTokens: number, cached: number) {
-    return {
-      prompt_tokens: promptTokens,
-      completion_tokens: completionTokens,
-      total_tokens: promptTokens + completionTokens,
-      ...(cached > 0 ? { prompt_tokens_details: { cached_tokens: cached } } : {}),
-    };
-  }
-
-  function sse(reply: FastifyReply): ServerResponse {
-    reply.hijack();
-    const raw = reply.raw;
-    raw.writeHead(200, {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      connection: "keep-alive",
-      "x-accel-buffering": "no",
-    });
-    // Send the headers now: a request waiting for a batch slot may emit nothing for a long time, and clients time out on headers.
-    raw.flushHeaders();
-    return raw;
-  }
-  const send = (raw: ServerResponse, data: unknown) => {
-    if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
-  };
-  const end = (raw: ServerResponse) => {
-    if (!raw.writableEnded && !raw.destroyed) raw.end("data: [DONE]\n\n");
-  };
+  const chatLogprobs = (lps: Logprobs, ids: number[]) => formatChatLogprobs(lps, ids, tokenText);
+  const completionLogprobs = (lps: Logprobs, ids: number[], offset0: number) => formatCompletionLogprobs(lps, ids, offset0, tokenText);
+  const sse = openEventStream;
+  const send = sendEvent;
+  const end = endEventStream;
   /** An error after the stream began: vLLM's way, as one data event, then [DONE]. */
   const streamError = (raw: ServerResponse, err: unknown) => {
     const e = toApiError(err as Error, 0);

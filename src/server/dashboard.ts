@@ -8,6 +8,7 @@ import type { AllocationInfo } from "../backend/allocator.js";
 import type { AsyncEngine } from "../engine/async-engine.js";
 import type { RequestSnapshot } from "../engine/engine-core.js";
 import { DASHBOARD_HTML } from "./dashboard-page.js";
+import { openEventStream } from "./sse.js";
 
 /** Timestamped samples kept for a sliding window, for percentiles "over the last minute". */
 /**
@@ -233,14 +234,7 @@ export function registerDashboard(app: FastifyInstance, d: DashboardDeps): void 
   );
   app.get("/v1/admin/memory", async () => buildSnapshot(d, rates));
   app.get("/dashboard/events", async (_request, reply) => {
-    reply.hijack();
-    const raw = reply.raw;
-    raw.writeHead(200, {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      connection: "keep-alive",
-      "x-accel-buffering": "no",
-    });
+    const raw = openEventStream(reply);
     let closed = false;
     raw.on("close", () => (closed = true));
     while (!closed && d.engine.isAlive && !d.closing.aborted) {
