@@ -157,8 +157,9 @@ function parseMessage(m: unknown, i: number): ChatMessage {
 
 /** An assistant turn's earlier calls: `[{id, type: "function", function: {name, arguments}}]`, as OpenAI returns them. */
 function checkToolCalls(calls: unknown, where: string): void {
-  const shape = `a list of {"id": string, "type": "function", "function": {"name": string, "arguments": string}}`;
-  if (!Array.isArray(calls)) throw badParam(where, `${where} must be ${shape}, got ${typeName(calls)}`);
+  // OpenAI sends arguments as a JSON string; templates also take them as an object, as Transformers does.
+  const call = `{"id": string, "type": "function", "function": {"name": string, "arguments": JSON string or object}}`;
+  if (!Array.isArray(calls)) throw badParam(where, `${where} must be a list of ${call}, got ${typeName(calls)}`);
   calls.forEach((c, j) => {
     const at = `${where}[${j}]`;
     const f = isObject(c) ? c.function : undefined;
@@ -170,11 +171,7 @@ function checkToolCalls(calls: unknown, where: string): void {
       isString(f.name) &&
       f.name.length > 0 &&
       (isString(f.arguments) || isObject(f.arguments));
-    if (!ok)
-      throw badParam(
-        at,
-        `${at} must be {"id": string, "type": "function", "function": {"name": string, "arguments": string}}, got ${preview(c)}`,
-      );
+    if (!ok) throw badParam(at, `${at} must be ${call}, got ${preview(c)}`);
   });
 }
 
