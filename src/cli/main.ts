@@ -7,7 +7,6 @@ import { parseDType } from "../backend/dtype.js";
 import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { progressBar } from "./progress.js";
-import { apiKeyProblem } from "../server/auth.js";
 import { type RunningServer, startServer, VERSION } from "../server/serve.js";
 import { registerPlan } from "./plan.js";
 import { registerBenchServe } from "./bench-serve.js";
@@ -126,9 +125,8 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       `--generation-config must be "auto" (use the model's generation_config.json) or "vllm" (ignore it), got "${flags.generationConfig}"`,
     );
   }
+  // startServer refuses a key that cannot work before it loads anything.
   const apiKey = flags.apiKey ?? process.env.TOKAMAK_API_KEY;
-  const keyProblem = apiKey === undefined ? null : apiKeyProblem(apiKey);
-  if (keyProblem) throw new Error(`--api-key: ${keyProblem}`);
   // An IPC parent (npm start) that goes while the model loads: nothing to drain yet, so leave at once.
   const orphaned = () => process.exit(1);
   if (process.send) process.on("disconnect", orphaned);

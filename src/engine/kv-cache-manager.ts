@@ -39,6 +39,8 @@ export class KVCacheManager {
   private owned = new Map<string, KVBlock[]>();
   /** Hashes of blocks this step's grants will fill: findable only once the forward pass has written them. */
   private pending = new Set<string>();
+  /** Per request, how many of its leading blocks commitComputed has already made findable. */
+  private committed = new Map<string, number>();
   readonly stats: CacheStats = { queries: 0, hits: 0 };
 
   constructor(
@@ -134,7 +136,9 @@ export class KVCacheManager {
     if (!blocks) return;
     this.updateHashes(req);
     const full = Math.min(Math.floor(req.numComputedTokens / this.blockSize), req.blockHashes.length, blocks.length);
-    for (let i = 0; i < full; i++) this.pool.cacheBlock(blocks[i]!, req.blockHashes[i]!);
+    // Only the blocks filled since the last commit: a long sequence is not walked from its start every step.
+    for (let i = this.committed.get(req.requestId) ?? 0; i < full; i++) this.pool.cacheBlock(blocks[i]!, req.blockHashes[i]!);
+    this.committed.set(req.requestId, full);
   }
 
   /** Give back every block of a request; the tail goes to the free queue first so the shared prefix is evicted last. */
@@ -142,6 +146,7 @@ export class KVCacheManager {
     const blocks = this.owned.get(requestId);
     if (!blocks) return;
     this.owned.delete(requestId);
+    this.committed.delete(requestId);
     this.pool.release([...blocks].reverse());
   }
 

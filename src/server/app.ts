@@ -370,14 +370,11 @@ export function buildApp(o: AppOptions): TokamakApp {
 
   const chatLogprobs = (lps: Logprobs, ids: number[]) => formatChatLogprobs(lps, ids, tokenText);
   const completionLogprobs = (lps: Logprobs, ids: number[], offset0: number) => formatCompletionLogprobs(lps, ids, offset0, tokenText);
-  const sse = openEventStream;
-  const send = sendEvent;
-  const end = endEventStream;
   /** An error after the stream began: vLLM's way, as one data event, then [DONE]. */
   const streamError = (raw: ServerResponse, err: unknown) => {
     const e = toApiError(err as Error, 0);
-    send(raw, e.body());
-    end(raw);
+    sendEvent(raw, e.body());
+    endEventStream(raw);
   };
 
   app.post("/v1/chat/completions", async (request: FastifyRequest, reply: FastifyReply) => {
@@ -397,11 +394,11 @@ export function buildApp(o: AppOptions): TokamakApp {
     let completionTokens = 0;
     let cached = 0;
     if (req.stream) {
-      const raw = sse(reply);
+      const raw = openEventStream(reply);
       const usageField = req.includeUsage ? { usage: null } : {};
       try {
         for (let i = 0; i < sampling.n; i++) {
-          send(raw, {
+          sendEvent(raw, {
             ...base,
             choices: [{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }],
             ...usageField,
@@ -421,10 +418,10 @@ export function buildApp(o: AppOptions): TokamakApp {
             finish_reason: out.finished ? out.finishReason : null,
             ...(out.finished ? { stop_reason: out.stopReason } : {}),
           };
-          send(raw, { ...base, choices: [choice], ...usageField });
+          sendEvent(raw, { ...base, choices: [choice], ...usageField });
         }
-        if (req.includeUsage) send(raw, { ...base, choices: [], usage: usage(prompt.length, completionTokens, cached) });
-        end(raw);
+        if (req.includeUsage) sendEvent(raw, { ...base, choices: [], usage: usage(prompt.length, completionTokens, cached) });
+        endEventStream(raw);
       } catch (err) {
         streamError(raw, interruption(ac) ?? err);
       }
@@ -489,7 +486,7 @@ export function buildApp(o: AppOptions): TokamakApp {
       req.echo ? (typeof req.prompts[i] === "string" ? (req.prompts[i] as string) : tokenizer.decode(prompts[i]!)) : "";
     const cachedBy = new Map<number, number>();
     if (req.stream) {
-      const raw = sse(reply);
+      const raw = openEventStream(reply);
       const base = { id, object: "text_completion", created: createdAt, model: modelName };
       const usageField = req.includeUsage ? { usage: null } : {};
       const offsets = new Map<number, number>();
@@ -499,7 +496,7 @@ export function buildApp(o: AppOptions): TokamakApp {
           for (let p = 0; p < prompts.length; p++)
             for (let i = 0; i < n; i++) {
               offsets.set(p * n + i, echoText(p).length);
-              send(raw, {
+              sendEvent(raw, {
                 ...base,
                 choices: [{ index: p * n + i, text: echoText(p), logprobs: null, finish_reason: null }],
                 ...usageField,
@@ -522,11 +519,11 @@ export function buildApp(o: AppOptions): TokamakApp {
             finish_reason: out.finished ? out.finishReason : null,
             ...(out.finished ? { stop_reason: out.stopReason } : {}),
           };
-          send(raw, { ...base, choices: [choice], ...usageField });
+          sendEvent(raw, { ...base, choices: [choice], ...usageField });
         }
         const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
-        if (req.includeUsage) send(raw, { ...base, choices: [], usage: usage(promptTokens, completionTokens, cached) });
-        end(raw);
+        if (req.includeUsage) sendEvent(raw, { ...base, choices: [], usage: usage(promptTokens, completionTokens, cached) });
+        endEventStream(raw);
       } catch (err) {
         streamError(raw, interruption(ac) ?? err);
       }
