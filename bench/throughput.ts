@@ -36,7 +36,7 @@ const llm = LLM.open(modelDir, { maxModelLen, threads, kvCacheMemory: 2 * 2 ** 3
 try {
   const work = randomWorkload(numSeqs, llm.loaded.config.vocabSize, input, output, 0);
   // Warm up (worker threads, caches) on a short request.
-  llm.generate([[1, 2, 3]], { maxTokens: 4, temperature: 0, ignoreEos: true });
+  await llm.generate([[1, 2, 3]], { maxTokens: 4, temperature: 0, ignoreEos: true });
   const core = llm.core;
   const before = core.stats();
   const t0 = performance.now();
@@ -48,7 +48,7 @@ try {
       sampling: resolveSamplingParams({ temperature: 0, ignoreEos: true, maxTokens: w.outputLen }),
     }),
   );
-  while (core.hasUnfinished) outputTokens += core.step().reduce((n, o) => n + o.newTokenIds.length, 0);
+  while (core.hasUnfinished) outputTokens += (await core.step()).reduce((n, o) => n + o.newTokenIds.length, 0);
   const seconds = (performance.now() - t0) / 1000;
   const after = core.stats();
   const inputTokens = work.reduce((n, w) => n + w.prompt.length, 0);

@@ -49,7 +49,7 @@ describe("AsyncEngine (worker thread)", () => {
     const got = await Promise.all(streams);
     const llm = LLM.open(modelDir, OPTS);
     try {
-      const want = llm.generate(prompts, greedy(10));
+      const want = await llm.generate(prompts, greedy(10));
       got.forEach((outs, i) => {
         assert.equal(outs.length, 10, "one output per token");
         assert.deepEqual(

@@ -18,7 +18,7 @@ import { CUBLAS_OP_N, CUBLAS_OP_T } from "../src/backend/cuda/ffi/cublaslt.js";
 import { addressAlignment, linearLayout } from "../src/backend/cuda/linear-gemm.js";
 import { decodeFloats, type DType, encodeFloats } from "../src/backend/dtype.js";
 import { Tensor } from "../src/backend/tensor.js";
-import { Rng } from "../src/engine/sampler.js";
+import { Rng } from "../src/backend/rng.js";
 
 type FloatDType = "f32" | "f16" | "bf16";
 const FLOAT_DTYPES: readonly FloatDType[] = ["f32", "bf16", "f16"];

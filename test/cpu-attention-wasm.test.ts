@@ -9,7 +9,7 @@ import { type AttentionArgs, attentionRange, Scratch } from "../src/backend/cpu/
 import { ThreadPool } from "../src/backend/cpu/pool.js";
 import { planAttention } from "../src/backend/cpu/wasm-attention.js";
 import { wasmModule } from "../src/backend/cpu/wasm-linear.js";
-import { Rng } from "../src/engine/sampler.js";
+import { Rng } from "../src/backend/rng.js";
 
 const att = wasmModule("attention.wat");
 const pools = new Map<string, ThreadPool>();

@@ -10,7 +10,7 @@ import { type LinearArgs, linearRange, Scratch, type WeightKind } from "../src/b
 import { ThreadPool } from "../src/backend/cpu/pool.js";
 import { linearWasmModule } from "../src/backend/cpu/wasm-linear.js";
 import { f16ToF32Table, f32ToBf16Bits, f32ToF16Bits } from "../src/backend/dtype.js";
-import { Rng } from "../src/engine/sampler.js";
+import { Rng } from "../src/backend/rng.js";
 
 const KINDS: readonly WeightKind[] = ["bf16", "f16", "f32"];
 

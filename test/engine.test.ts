@@ -61,7 +61,7 @@ interface Finished {
 }
 
 /** Drive the core step by step, adding each job at its arrival step; returns each request's tokens and checks invariants on the way. */
-function run(llm: LLM, jobs: readonly Job[], opts: { abortAt?: Map<string, number> } = {}): Map<string, Finished> {
+async function run(llm: LLM, jobs: readonly Job[], opts: { abortAt?: Map<string, number> } = {}): Promise<Map<string, Finished>> {
   const core = llm.core;
   const out = new Map<string, Finished>();
   const pending = [...jobs].sort((a, b) => a.arrival - b.arrival);
@@ -72,7 +72,7 @@ function run(llm: LLM, jobs: readonly Job[], opts: { abortAt?: Map<string, numbe
       out.set(j.id, { tokens: [], finishReason: null, count: 0 });
     }
     for (const [id, at] of opts.abortAt ?? []) if (at === step) core.abort(id);
-    const outputs: RequestOutput[] = core.step();
+    const outputs: RequestOutput[] = await core.step();
     for (const o of outputs) {
       const f = out.get(o.requestId)!;
       assert.equal(f.finishReason, null, `${o.requestId} produced a token after it finished`);
@@ -92,11 +92,11 @@ function open(opts: EngineOptions = {}): LLM {
 }
 
 /** Each job alone, on a fresh engine with no cache to share. */
-function alone(jobs: readonly Job[]): Map<string, number[]> {
-  const llm = open({ enablePrefixCaching: false });
+async function alone(jobs: readonly Job[]): Promise<Map<string, number[]>> {
+  const llm = open({ enablePrefixCaching: false, asyncScheduling: false });
   try {
     const res = new Map<string, number[]>();
-    for (const j of jobs) res.set(j.id, run(llm, [{ ...j, arrival: 0 }]).get(j.id)!.tokens);
+    for (const j of jobs) res.set(j.id, (await run(llm, [{ ...j, arrival: 0 }])).get(j.id)!.tokens);
     return res;
   } finally {
     llm.close();
@@ -116,39 +116,61 @@ function assertAllFinishedOnce(jobs: readonly Job[], res: Map<string, Finished>)
 describe("engine on a real model", () => {
   const jobs = workload(56, 1);
   let reference: Map<string, number[]>;
-  before(() => {
-    reference = alone(jobs);
+  before(async () => {
+    reference = await alone(jobs);
   });
 
-  it("batch invariance: 56 requests arriving at random steps generate what each generates alone", () => {
-    const llm = open({ maxNumBatchedTokens: 96, maxNumSeqs: 16 });
-    try {
-      const res = run(llm, jobs);
-      assertAllFinishedOnce(jobs, res);
-      for (const j of jobs) assert.deepEqual(res.get(j.id)!.tokens, reference.get(j.id), `${j.id} differs when batched`);
-      const s = llm.core.stats();
-      assert.ok(s.steps < jobs.reduce((n, j) => n + j.sampling.maxTokens!, 0) / 4, `batching should need far fewer steps, took ${s.steps}`);
-      assert.equal(s.numFreeBlocks, s.numBlocks, "every block is free once all requests end");
-    } finally {
-      llm.close();
+  for (const asyncScheduling of [true, false]) {
+    const mode = asyncScheduling ? "async scheduling" : "synchronous scheduling";
+    it(`${mode}: batch invariance: 56 requests arriving at random steps generate what each generates alone`, async () => {
+      const llm = open({ maxNumBatchedTokens: 96, maxNumSeqs: 16, asyncScheduling });
+      try {
+        const res = await run(llm, jobs);
+        assertAllFinishedOnce(jobs, res);
+        for (const j of jobs) assert.deepEqual(res.get(j.id)!.tokens, reference.get(j.id), `${j.id} differs when batched`);
+        const s = llm.core.stats();
+        assert.ok(
+          s.steps < jobs.reduce((n, j) => n + j.sampling.maxTokens!, 0) / 4,
+          `batching should need far fewer steps, took ${s.steps}`,
+        );
+        assert.equal(s.numFreeBlocks, s.numBlocks, "every block is free once all requests end");
+      } finally {
+        llm.close();
+      }
+    });
+
+    it(`${mode}: preemption invariance: a KV pool of 10 blocks preempts many times and changes nothing`, async () => {
+      const llm = open({ numBlocks: 10, maxNumBatchedTokens: 64, maxNumSeqs: 8, asyncScheduling });
+      try {
+        const res = await run(llm, jobs);
+        assertAllFinishedOnce(jobs, res);
+        for (const j of jobs) assert.deepEqual(res.get(j.id)!.tokens, reference.get(j.id), `${j.id} differs after preemption`);
+        const s = llm.core.stats();
+        assert.ok(s.numPreemptions >= 10, `expected many preemptions, saw ${s.numPreemptions}`);
+        assert.equal(s.numFreeBlocks, s.numBlocks);
+      } finally {
+        llm.close();
+      }
+    });
+  }
+
+  it("seeded sampling gives the same tokens with async scheduling on and off, batched and preempted", async () => {
+    const sampled = jobs.slice(0, 24).map((j, i) => ({ ...j, sampling: { ...j.sampling, temperature: 0.9, topP: 0.9, seed: 1000 + i } }));
+    const outs: Map<string, Finished>[] = [];
+    for (const asyncScheduling of [false, true]) {
+      for (const numBlocks of [256, 10]) {
+        const llm = open({ numBlocks, maxNumBatchedTokens: 64, maxNumSeqs: 8, asyncScheduling });
+        try {
+          outs.push(await run(llm, sampled));
+        } finally {
+          llm.close();
+        }
+      }
     }
+    for (const j of sampled) for (const o of outs.slice(1)) assert.deepEqual(o.get(j.id)!.tokens, outs[0]!.get(j.id)!.tokens, j.id);
   });
 
-  it("preemption invariance: a KV pool of 10 blocks preempts many times and changes nothing", () => {
-    const llm = open({ numBlocks: 10, maxNumBatchedTokens: 64, maxNumSeqs: 8 });
-    try {
-      const res = run(llm, jobs);
-      assertAllFinishedOnce(jobs, res);
-      for (const j of jobs) assert.deepEqual(res.get(j.id)!.tokens, reference.get(j.id), `${j.id} differs after preemption`);
-      const s = llm.core.stats();
-      assert.ok(s.numPreemptions >= 10, `expected many preemptions, saw ${s.numPreemptions}`);
-      assert.equal(s.numFreeBlocks, s.numBlocks);
-    } finally {
-      llm.close();
-    }
-  });
-
-  it("prefix caching: a shared 80-token system prompt is reused, and outputs equal those without caching", () => {
+  it("prefix caching: a shared 80-token system prompt is reused, and outputs equal those without caching", async () => {
     const system = workload(1, 99, { maxPrompt: 1 })[0]!.prompt.concat(Array.from({ length: 79 }, (_, i) => (i * 37 + 5) % VOCAB));
     const shared = workload(12, 2, { prefix: system, maxPrompt: 20, maxOut: 8 });
     const results: Map<string, Finished>[] = [];
@@ -156,7 +178,7 @@ describe("engine on a real model", () => {
     for (const enablePrefixCaching of [true, false]) {
       const llm = open({ enablePrefixCaching });
       try {
-        results.push(run(llm, shared));
+        results.push(await run(llm, shared));
         stats.push(llm.core.stats());
       } finally {
         llm.close();
@@ -172,12 +194,12 @@ describe("engine on a real model", () => {
     assert.equal(off!.prefixCacheQueries, 0);
   });
 
-  it("aborts, in the queue or mid-generation, return every block the same step and lose no other request", () => {
+  it("aborts, in the queue or mid-generation, return every block the same step and lose no other request", async () => {
     const llm = open({ numBlocks: 24, maxNumSeqs: 8 });
     try {
       const many = workload(24, 3, { maxOut: 30 });
       const abortAt = new Map(many.filter((_, i) => i % 3 === 0).map((j, k) => [j.id, j.arrival + (k % 4) * 3] as const));
-      const res = run(llm, many, { abortAt });
+      const res = await run(llm, many, { abortAt });
       for (const j of many) {
         const f = res.get(j.id)!;
         if (abortAt.has(j.id)) {
@@ -202,7 +224,7 @@ describe("engine on a real model", () => {
     }
   });
 
-  it("abort frees the request's blocks immediately", () => {
+  it("abort frees the request's blocks immediately", async () => {
     const llm = open();
     try {
       const core = llm.core;
@@ -211,7 +233,7 @@ describe("engine on a real model", () => {
         promptTokenIds: Array.from({ length: 50 }, (_, i) => i),
         sampling: resolveSamplingParams({ maxTokens: 50 }),
       });
-      core.step();
+      await core.step();
       assert.ok(core.stats().numFreeBlocks < core.stats().numBlocks);
       assert.equal(core.abort("a"), true);
       assert.equal(core.stats().numFreeBlocks, core.stats().numBlocks);
@@ -222,18 +244,18 @@ describe("engine on a real model", () => {
     }
   });
 
-  it("seeded sampling and n > 1: each completion is reproducible whatever else is in the batch, and shares the prompt's blocks", () => {
+  it("seeded sampling and n > 1: each completion is reproducible whatever else is in the batch, and shares the prompt's blocks", async () => {
     const prompt = Array.from({ length: 64 }, (_, i) => (i * 11 + 3) % VOCAB);
     const sampling = { temperature: 1.5, topP: 0.95, seed: 42, maxTokens: 12, ignoreEos: true };
     const llm = open();
     try {
-      const n3 = llm.generate([prompt], { ...sampling, n: 3 })[0]!;
+      const n3 = (await llm.generate([prompt], { ...sampling, n: 3 }))[0]!;
       assert.equal(n3.outputs.length, 3);
       assert.ok(llm.core.stats().prefixCacheHits >= 2 * 48, "the n completions share the prompt's full blocks");
       // Alone, with seed 42 + i, each completion comes back token for token, here in a batch of noise.
       const noise = workload(10, 5).map((j) => j.prompt);
       for (let i = 0; i < 3; i++) {
-        const batch = llm.generate([...noise, prompt], { ...sampling, seed: 42 + i });
+        const batch = await llm.generate([...noise, prompt], { ...sampling, seed: 42 + i });
         assert.deepEqual(batch[noise.length]!.outputs[0]!.tokenIds, n3.outputs[i]!.tokenIds, `completion ${i} is not reproducible`);
       }
       const distinct = new Set(n3.outputs.map((o) => o.tokenIds.join(",")));
@@ -243,15 +265,15 @@ describe("engine on a real model", () => {
     }
   });
 
-  it("rejects a prompt longer than the max model length, naming both numbers, and keeps serving", () => {
+  it("rejects a prompt longer than the max model length, naming both numbers, and keeps serving", async () => {
     const llm = open();
     try {
-      assert.throws(
+      await assert.rejects(
         () => llm.generate([Array.from({ length: 200 }, () => 1)], { maxTokens: 4 }),
         (e: Error) => /200/.test(e.message) && /160/.test(e.message),
       );
       assert.equal(llm.core.hasUnfinished, false);
-      const ok = llm.generate([[1, 2, 3]], { maxTokens: 4, temperature: 0, ignoreEos: true });
+      const ok = await llm.generate([[1, 2, 3]], { maxTokens: 4, temperature: 0, ignoreEos: true });
       assert.equal(ok[0]!.outputs[0]!.tokenIds.length, 4);
     } finally {
       llm.close();

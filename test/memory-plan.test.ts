@@ -102,7 +102,7 @@ describe("tokamak plan equals what serve allocates", () => {
 });
 
 describe("memory accounting", () => {
-  it("tagged allocations sum to the allocator's total; after requests end no KV block is owned; close() frees everything", () => {
+  it("tagged allocations sum to the allocator's total; after requests end no KV block is owned; close() frees everything", async () => {
     const dir = join(root, "m1");
     const llm = LLM.open(dir, SHAPES[1]!.engine, backend);
     const report = backend.memoryReport();
@@ -114,7 +114,7 @@ describe("memory accounting", () => {
     );
     for (const a of report.allocations) assert.ok(a.label.length > 0 && MEMORY_TAGS.includes(a.tag));
     assert.ok(report.device.totalBytes > 0 && report.device.freeBytes > 0);
-    llm.generate(
+    await llm.generate(
       Array.from({ length: 6 }, (_, i) => Array.from({ length: 40 }, (_, j) => 1 + i + j)),
       { maxTokens: 20, temperature: 0, ignoreEos: true },
     );

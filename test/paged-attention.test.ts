@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
-import { Rng } from "../src/engine/sampler.js";
+import { Rng } from "../src/backend/rng.js";
 
 const backend = new CpuBackend({ threads: 2 });
 after(() => backend.dispose());

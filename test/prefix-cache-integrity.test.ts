@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { EngineCore, type EngineConfig, type StepExecutor } from "../src/engine/engine-core.js";
+import { EngineCore, type EngineConfig, StepFailedError } from "../src/engine/engine-core.js";
+import { HostLogitsExecutor } from "../src/engine/host-logits-executor.js";
 import { KVCacheManager } from "../src/engine/kv-cache-manager.js";
-import type { ScheduledSequence } from "../src/engine/model-runner.js";
+import type { ScheduledSequence } from "../src/engine/step.js";
 import { resolveSamplingParams } from "../src/engine/sampling-params.js";
 
 const VOCAB = 97;
@@ -38,13 +39,13 @@ function expected(prompt: readonly number[], maxTokens: number): number[] {
 }
 
 /** A model whose output depends on every KV slot it reads. `failWhen` makes a step write garbage and throw. */
-class KvCheckingExecutor implements StepExecutor {
+class KvCheckingExecutor extends HostLogitsExecutor {
   readonly vocabSize = VOCAB;
   private slots = new Map<number, number>();
   failWhen: () => boolean = () => false;
   failures = 0;
 
-  execute(seqs: readonly ScheduledSequence[]): Float32Array {
+  protected forward(seqs: readonly ScheduledSequence[]): Float32Array {
     if (this.failWhen()) {
       // A step that dies half-way: some of its KV is written, none of it right.
       for (const s of seqs) s.tokens.forEach((_, j) => this.slots.set(this.slot(s, s.numCached + j), GARBAGE));
@@ -59,7 +60,7 @@ class KvCheckingExecutor implements StepExecutor {
         this.slots.set(this.slot(s, s.numCached + j), t);
         d = step(d, t, s.numCached + j);
       });
-      if (s.wantLogits) rows.push(next(d));
+      if (s.sample) rows.push(next(d));
     }
     const logits = new Float32Array(rows.length * VOCAB);
     rows.forEach((t, i) => (logits[i * VOCAB + t] = 1));
@@ -84,7 +85,7 @@ interface Outcome {
 }
 
 /** Random arrivals over shared prefixes, random priorities and aborts, a small cache; every finished request is checked. */
-function fuzz(seed: number, opts: { policy: "fcfs" | "priority"; failRate: number }): Outcome {
+async function fuzz(seed: number, opts: { policy: "fcfs" | "priority"; failRate: number; asyncScheduling: boolean }): Promise<Outcome> {
   const r = rng(seed);
   const int = (lo: number, hi: number) => lo + Math.floor(r() * (hi - lo + 1));
   const config: EngineConfig = {
@@ -95,6 +96,7 @@ function fuzz(seed: number, opts: { policy: "fcfs" | "priority"; failRate: numbe
     maxNumSeqs: 6,
     maxModelLen: 64,
     policy: opts.policy,
+    asyncScheduling: opts.asyncScheduling,
   };
   const exec = new KvCheckingExecutor();
   exec.failWhen = () => r() < opts.failRate;
@@ -118,16 +120,15 @@ function fuzz(seed: number, opts: { policy: "fcfs" | "priority"; failRate: numbe
     }
     let outputs;
     try {
-      outputs = core.step();
-    } catch {
-      // As the engine thread does: end every request of the failed step with the error.
-      for (const req of [...core.scheduler.running]) {
-        const id = core.parentOf(req.requestId);
-        if (id !== undefined && core.abort(id)) aborted.add(id);
-      }
+      outputs = await core.step();
+    } catch (err) {
+      // The core ended the failed step's requests; nothing else may be lost.
+      assert.ok(err instanceof StepFailedError, String(err));
+      for (const id of err.requestIds) aborted.add(id);
       continue;
     }
     for (const o of outputs) {
+      assert.ok(!aborted.has(o.requestId), `seed ${seed}: ${o.requestId} produced output after it was ended`);
       const job = jobs.get(o.requestId)!;
       job.out.push(...o.newTokenIds);
       if (!o.finished) continue;
@@ -136,75 +137,89 @@ function fuzz(seed: number, opts: { policy: "fcfs" | "priority"; failRate: numbe
     }
     assert.ok(t < 100_000, "the workload does not finish");
   }
+  for (const [id, job] of jobs) {
+    if (!aborted.has(id)) assert.equal(job.out.length, job.maxTokens, `seed ${seed}: request ${id} was lost`);
+  }
   const stats = core.stats();
   return { checked, hits: stats.prefixCacheHits, preemptions: stats.numPreemptions, failures: exec.failures };
+}
+
+/** Run `count` workloads from `first` on, summing what they exercised. */
+async function fuzzMany(first: number, count: number, opts: (seed: number) => Parameters<typeof fuzz>[1]): Promise<Outcome> {
+  const sum: Outcome = { checked: 0, hits: 0, preemptions: 0, failures: 0 };
+  for (let seed = first; seed < first + count; seed++) {
+    const o = await fuzz(seed, opts(seed));
+    sum.checked += o.checked;
+    sum.hits += o.hits;
+    sum.preemptions += o.preemptions;
+    sum.failures += o.failures;
+  }
+  return sum;
 }
 
 describe("prefix cache integrity", () => {
   it("a grant taken back before its step runs leaves no findable block", () => {
     const kv = new KVCacheManager(8, BLOCK, true);
     const req = { requestId: "a", allTokenIds: [1, 2, 3, 4, 5, 6, 7, 8, 9], numComputedTokens: 0, blockHashes: [] as string[] };
-    kv.beginStep();
+    kv.beginStep(1);
     assert.ok(kv.allocateSlots(req, 9));
     kv.free("a"); // preempted (or the step failed) before the forward pass: nothing was written
     const again = { ...req, requestId: "b", blockHashes: [] as string[] };
     assert.equal(kv.findCachedPrefix(again).numTokens, 0);
     // Once a step has computed them, the same blocks are found.
     assert.ok(kv.allocateSlots(again, 9));
-    kv.commitComputed({ ...again, numComputedTokens: 9 });
+    kv.commitComputed(again, 9);
     kv.free("b");
     assert.equal(kv.findCachedPrefix({ ...req, requestId: "c", blockHashes: [] }).numTokens, 8);
   });
 
-  it("priority scheduling with preemption and chunked prefill: every request reads only computed KV (1,000 random workloads)", () => {
-    let hits = 0;
-    let preemptions = 0;
-    let checked = 0;
-    for (let seed = 1; seed <= 1000; seed++) {
-      const o = fuzz(seed, { policy: "priority", failRate: 0 });
-      hits += o.hits;
-      preemptions += o.preemptions;
-      checked += o.checked;
-    }
-    // The workloads exercise what they claim to: cache hits, preemptions, thousands of checked requests.
-    assert.ok(hits > 10_000, `prefix hits ${hits}`);
-    assert.ok(preemptions > 1_000, `preemptions ${preemptions}`);
-    assert.ok(checked > 20_000, `checked ${checked}`);
-  });
+  for (const asyncScheduling of [false, true]) {
+    const mode = asyncScheduling ? "async scheduling" : "synchronous scheduling";
 
-  it("a failed step leaves none of its blocks findable (300 random workloads, FCFS and priority)", () => {
-    let failures = 0;
-    let checked = 0;
-    for (let seed = 1; seed <= 300; seed++) {
-      const o = fuzz(seed, { policy: seed % 2 === 0 ? "priority" : "fcfs", failRate: 0.08 });
-      failures += o.failures;
-      checked += o.checked;
-    }
-    assert.ok(failures > 500, `failures ${failures}`);
-    assert.ok(checked > 2_000, `checked ${checked}`);
-  });
-
-  it("a sibling waits one step for the blocks being computed rather than computing them again", () => {
-    const exec = new KvCheckingExecutor();
-    const config: EngineConfig = {
-      blockSize: BLOCK,
-      numBlocks: 64,
-      enablePrefixCaching: true,
-      maxNumBatchedTokens: 256,
-      maxNumSeqs: 8,
-      maxModelLen: 64,
-      policy: "fcfs",
-    };
-    const core = new EngineCore(exec, config, []);
-    const prompt = Array.from({ length: 21 }, (_, i) => (i * 7) % VOCAB);
-    core.addRequest({
-      requestId: "n4",
-      promptTokenIds: prompt,
-      sampling: resolveSamplingParams({ n: 4, temperature: 0, maxTokens: 3, ignoreEos: true }),
+    it(`${mode}: priority scheduling with preemption, chunked prefill and aborts: every request reads only computed KV (3,000 random workloads)`, async () => {
+      const o = await fuzzMany(1, 3000, () => ({ policy: "priority", failRate: 0, asyncScheduling }));
+      // The workloads exercise what they claim to: cache hits, preemptions, thousands of checked requests.
+      assert.ok(o.hits > 30_000, `prefix hits ${o.hits}`);
+      assert.ok(o.preemptions > 3_000, `preemptions ${o.preemptions}`);
+      assert.ok(o.checked > 60_000, `checked ${o.checked}`);
     });
-    const out = new Map<number, number[]>();
-    while (core.hasUnfinished) for (const o of core.step()) out.set(o.index, [...(out.get(o.index) ?? []), ...o.newTokenIds]);
-    for (let i = 0; i < 4; i++) assert.deepEqual(out.get(i), expected(prompt, 3));
-    assert.equal(core.stats().prefixCacheHits, 3 * 20, "three siblings share the first's five full blocks");
+
+    it(`${mode}: FCFS with preemption and aborts (1,000 random workloads)`, async () => {
+      const o = await fuzzMany(10_001, 1000, () => ({ policy: "fcfs", failRate: 0, asyncScheduling }));
+      assert.ok(o.hits > 10_000 && o.preemptions > 500 && o.checked > 20_000, JSON.stringify(o));
+    });
+
+    it(`${mode}: a failed step leaves none of its blocks findable and loses no other request (1,000 random workloads, FCFS and priority)`, async () => {
+      const o = await fuzzMany(20_001, 1000, (seed) => ({ policy: seed % 2 === 0 ? "priority" : "fcfs", failRate: 0.08, asyncScheduling }));
+      assert.ok(o.failures > 1_500, `failures ${o.failures}`);
+      assert.ok(o.checked > 7_000, `checked ${o.checked}`);
+    });
+  }
+
+  it("a sibling waits one step for the blocks being computed rather than computing them again", async () => {
+    for (const asyncScheduling of [false, true]) {
+      const exec = new KvCheckingExecutor();
+      const config: EngineConfig = {
+        blockSize: BLOCK,
+        numBlocks: 64,
+        enablePrefixCaching: true,
+        maxNumBatchedTokens: 256,
+        maxNumSeqs: 8,
+        maxModelLen: 64,
+        policy: "fcfs",
+        asyncScheduling,
+      };
+      const core = new EngineCore(exec, config, []);
+      const prompt = Array.from({ length: 21 }, (_, i) => (i * 7) % VOCAB);
+      core.addRequest({
+        requestId: "n4",
+        promptTokenIds: prompt,
+        sampling: resolveSamplingParams({ n: 4, temperature: 0, maxTokens: 3, ignoreEos: true }),
+      });
+      const out = new Map<number, number[]>();
+      while (core.hasUnfinished) for (const o of await core.step()) out.set(o.index, [...(out.get(o.index) ?? []), ...o.newTokenIds]);
+      for (let i = 0; i < 4; i++) assert.deepEqual(out.get(i), expected(prompt, 3));
+      assert.equal(core.stats().prefixCacheHits, 3 * 20, `three siblings share the first's five full blocks (async ${asyncScheduling})`);
+    }
   });
 });

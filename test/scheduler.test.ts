@@ -52,7 +52,7 @@ const workload = fc
   });
 
 /** Run a workload to completion, checking the scheduler's invariants after every step. */
-function run(w: Workload): { outputs: Map<number, number[]>; preemptions: number; core: EngineCore } {
+async function run(w: Workload): Promise<{ outputs: Map<number, number[]>; preemptions: number; core: EngineCore }> {
   const core = new EngineCore(new StubExecutor(64), w.config, [], null);
   const outputs = new Map<number, number[]>();
   const live = new Set<number>();
@@ -76,7 +76,7 @@ function run(w: Workload): { outputs: Map<number, number[]>; preemptions: number
         outputs.delete(i);
       }
     });
-    const outs = core.step();
+    const outs = await core.step();
     checkInvariants(core, w.config);
     for (const o of outs) {
       outputs.get(Number(o.requestId))!.push(...o.newTokenIds);
@@ -111,13 +111,19 @@ function checkInvariants(core: EngineCore, c: EngineConfig): void {
 }
 
 describe("scheduler invariants (property-based, stub model)", () => {
-  it("token budget, max_num_seqs, block ownership, progress, and no leaks hold for random workloads", () => {
-    fc.assert(
-      fc.property(workload, (w) => {
-        const result = run(w);
+  it("token budget, max_num_seqs, block ownership, progress, and no leaks hold for random workloads (async scheduling on and off, identical outputs)", async () => {
+    await fc.assert(
+      fc.asyncProperty(workload, async (w) => {
+        const result = await run(w);
+        const sync = await run({ ...w, config: { ...w.config, asyncScheduling: false } });
+        // (A request aborted at a given step may have finished by then in one mode and not the other: compare the rest.)
+        w.requests.forEach((r, i) => {
+          if (r.abortAt === null)
+            assert.deepEqual(result.outputs.get(i), sync.outputs.get(i), `request ${i}: async and synchronous scheduling differ`);
+        });
         // Outputs equal each request run alone (the stub's logits depend on the exact tokens and positions fed).
         for (const [i, tokens] of result.outputs) {
-          const alone = run({
+          const alone = await run({
             config: { ...w.config, enablePrefixCaching: false },
             requests: [{ ...w.requests[i]!, arrival: 0, abortAt: null }],
           });
@@ -128,9 +134,9 @@ describe("scheduler invariants (property-based, stub model)", () => {
     );
   });
 
-  it("every step respects the token budget and grants each sequence at most once", () => {
-    fc.assert(
-      fc.property(workload, (w) => {
+  it("every step respects the token budget and grants each sequence at most once", async () => {
+    await fc.assert(
+      fc.asyncProperty(workload, async (w) => {
         const stub = new StubExecutor(64, true);
         const core = new EngineCore(stub, w.config, [], null);
         w.requests.forEach((r, i) =>
@@ -140,7 +146,7 @@ describe("scheduler invariants (property-based, stub model)", () => {
             sampling: resolveSamplingParams({ temperature: 0, maxTokens: r.maxTokens, ignoreEos: true }),
           }),
         );
-        for (let i = 0; i < 3000 && core.hasUnfinished; i++) core.step();
+        for (let i = 0; i < 3000 && core.hasUnfinished; i++) await core.step();
         assert.ok(!core.hasUnfinished);
         for (const batch of stub.batches) {
           const tokens = batch.reduce((a, s) => a + s.tokens.length, 0);
@@ -153,7 +159,7 @@ describe("scheduler invariants (property-based, stub model)", () => {
     );
   });
 
-  it("preempts under memory pressure and still finishes everything (FCFS: newest first)", () => {
+  it("preempts under memory pressure and still finishes everything (FCFS: newest first)", async () => {
     const config: EngineConfig = {
       blockSize: 4,
       numBlocks: 12,
@@ -170,7 +176,7 @@ describe("scheduler invariants (property-based, stub model)", () => {
       abortAt: null,
       priority: 0,
     }));
-    const r = run({ config, requests });
+    const r = await run({ config, requests });
     assert.ok(r.preemptions > 0, "expected preemptions with 12 blocks for 8 requests");
     for (const [i, out] of r.outputs) assert.equal(out.length, 20, `request ${i} got ${out.length} tokens`);
   });

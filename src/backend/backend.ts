@@ -1,5 +1,6 @@
 import type { MemoryReport, MemoryStats } from "./allocator.js";
 import type { DType } from "./dtype.js";
+import type { SampleOutput, SampleRow } from "./sampling.js";
 import type { MemoryTag, Storage, Tensor } from "./tensor.js";
 
 /**
@@ -76,6 +77,13 @@ export interface Backend {
   siluAndMul(out: Tensor, x: Tensor): void;
   /** out[r] = x[indices[r]] */
   gatherRows(out: Tensor, x: Tensor, indices: Tensor): void;
+
+  /**
+   * Sample one token per row of logits [rows, vocab] (rows.length rows), with each row's processors, mask
+   * and truncation (see sampling.ts). Only token ids and the log-probabilities rows asked for come back to
+   * the host. The logits are consumed (the op may write into them).
+   */
+  sample(logits: Tensor, rows: readonly SampleRow[]): SampleOutput;
 
   /** Wait for queued work (no-op where ops are synchronous). */
   synchronize(): void;

@@ -1,22 +1,42 @@
+import type { TokenLogprob } from "../backend/sampling.js";
+import { foldSeed, Rng } from "../backend/rng.js";
 import { IncrementalDetokenizer, type TokenDecoder } from "./detokenizer.js";
 import { KVCacheManager } from "./kv-cache-manager.js";
-import type { ScheduledSequence } from "./model-runner.js";
 import { type FinishReason, Request } from "./request.js";
-import { foldSeed, Rng, sampleToken, type TokenLogprob } from "./sampler.js";
-import type { SamplingParams } from "./sampling-params.js";
-import { Scheduler, type SchedulerConfig } from "./scheduler.js";
+import { samplingRowParams, type SamplingParams } from "./sampling-params.js";
+import { type SampledToken, Scheduler, type SchedulerConfig, type SchedulerOutput } from "./scheduler.js";
+import type { BatchAdd, ScheduledSequence, StepExecutor, StepInput, StepOutput } from "./step.js";
 
-/** What runs one flat batch: the real ModelRunner, or a stub for measuring the engine itself. */
-export interface StepExecutor {
-  /** Logits rows [numWanted · vocab], in the order of sequences with wantLogits. */
-  execute(seqs: readonly ScheduledSequence[]): Float32Array;
-  readonly vocabSize: number;
-}
+export type { StepExecutor } from "./step.js";
 
 export interface EngineConfig extends SchedulerConfig {
   blockSize: number;
   numBlocks: number;
   enablePrefixCaching: boolean;
+  /**
+   * Schedule step N+1 while step N runs, assuming one token for each request N samples, and reconcile when
+   * N's tokens arrive (vLLM's --async-scheduling, on by default). Outputs are identical either way.
+   */
+  asyncScheduling?: boolean;
+}
+
+/** A step failed: the requests it held (by the ids they were added under) were ended; everything else goes on. */
+export class StepFailedError extends Error {
+  constructor(
+    override readonly cause: Error,
+    readonly requestIds: readonly string[],
+  ) {
+    super(`engine step failed: ${cause.message}`);
+    this.name = "StepFailedError";
+  }
+}
+
+/** A step handed to the executor: its plan, what was sent, and the promise of its tokens. */
+interface Launched {
+  plan: SchedulerOutput;
+  /** The requests sampled, in the order of the step's sampled sequences. */
+  sampled: Request[];
+  result: Promise<StepOutput>;
 }
 
 export interface AddRequest {
@@ -92,18 +112,25 @@ interface Tracked {
 }
 
 /**
- * The engine's heart, synchronous and single-threaded: requests in, one
- * step() at a time — schedule, run one flat batch, sample, detokenize —
- * outputs out. The worker-thread engine and the offline LLM class both drive it.
+ * The engine's heart, single-threaded: requests in, one step() at a time — schedule, run one flat batch
+ * (sampling included) on the executor, take the tokens back, detokenize — outputs out. With async
+ * scheduling the next step is scheduled while the executor runs this one. The worker-thread engine and
+ * the offline LLM class both drive it.
  */
 export class EngineCore {
   readonly scheduler: Scheduler;
   readonly kv: KVCacheManager;
+  readonly asyncScheduling: boolean;
   private tracked = new Map<string, Tracked>();
   private children = new Map<string, string[]>();
+  /** Requests in the executor's persistent batch, with the incarnation (preemption count) their row was built for. */
+  private inBatch = new Map<string, number>();
+  private inflight: Launched | null = null;
   private steps = 0;
   private promptTokens = 0;
   private generationTokens = 0;
+  /** Milliseconds the executor's steps took (launch to tokens back), and the host's time between steps. */
+  readonly timing = { executorMs: 0, hostGapMs: 0, lastResolved: -1 };
 
   constructor(
     readonly executor: StepExecutor,
@@ -113,6 +140,7 @@ export class EngineCore {
   ) {
     this.kv = new KVCacheManager(config.numBlocks, config.blockSize, config.enablePrefixCaching);
     this.scheduler = new Scheduler(config, this.kv);
+    this.asyncScheduling = config.asyncScheduling ?? true;
   }
 
   /** Queue a request (n > 1 becomes n sequences sharing the prompt's cached blocks). Throws on bad input, changing nothing. */
@@ -126,9 +154,13 @@ export class EngineCore {
     const requests: Request[] = [];
     for (let i = 0; i < r.sampling.n; i++) {
       const id = r.sampling.n === 1 ? r.requestId : `${r.requestId}#${i}`;
-      const seed =
-        r.sampling.seed !== null ? (foldSeed(r.sampling.seed) + i) >>> 0 : this.seedRng ? Math.floor(this.seedRng.next() * 2 ** 32) : null;
-      requests.push(new Request(id, r.promptTokenIds, { ...r.sampling, seed }, this.eosTokenIds, performance.now(), r.priority ?? 0));
+      const key =
+        r.sampling.seed !== null
+          ? (foldSeed(r.sampling.seed) + i) >>> 0
+          : this.seedRng
+            ? this.seedRng.nextU32()
+            : (Math.random() * 2 ** 32) >>> 0;
+      requests.push(new Request(id, r.promptTokenIds, r.sampling, this.eosTokenIds, performance.now(), r.priority ?? 0, key));
       ids.push(id);
     }
     for (const req of requests) this.scheduler.add(req); // the first add validates lengths before anything is tracked
@@ -154,7 +186,16 @@ export class EngineCore {
       this.tracked.delete(id);
     }
     this.children.delete(requestId);
+    this.dropDeadInflight();
     return true;
+  }
+
+  /** A step in flight whose every request has ended needs no collecting: its tokens would be thrown away. */
+  private dropDeadInflight(): void {
+    const f = this.inflight;
+    if (!f || f.plan.scheduled.some((g) => !g.request.isFinished)) return;
+    this.inflight = null;
+    this.kv.endStep(f.plan.step);
   }
 
   private seedRng: Rng | null = null;
@@ -170,56 +211,173 @@ export class EngineCore {
   }
 
   get hasUnfinished(): boolean {
-    return this.scheduler.hasUnfinished;
+    return this.scheduler.hasUnfinished || this.inflight !== null;
   }
 
-  /** One engine iteration. Returns the outputs of every sequence that produced a token or finished. */
-  step(): RequestOutput[] {
-    const plan = this.scheduler.schedule();
-    if (plan.scheduled.length === 0) return [];
+  /**
+   * One engine iteration: the outputs of every sequence that produced a token or finished. Synchronous
+   * scheduling runs one step start to end. Async scheduling keeps one step in flight across calls: it
+   * schedules the next step, waits for the one in flight, reconciles, launches the next, and returns
+   * the outputs of the one that completed. A failed step throws StepFailedError after ending its requests.
+   */
+  async step(): Promise<RequestOutput[]> {
+    if (!this.asyncScheduling) {
+      const plan = this.scheduler.schedule();
+      const launched = this.launch(plan);
+      if (!launched) return this.finishedWithoutStep(plan);
+      return this.complete(launched, null);
+    }
+    if (!this.inflight) {
+      const plan = this.scheduler.schedule();
+      this.inflight = this.launch(plan);
+      if (!this.inflight) return this.finishedWithoutStep(plan);
+    }
+    const current = this.inflight;
+    this.inflight = null;
+    const next = this.scheduler.hasUnfinished ? this.scheduler.schedule() : null;
+    const outputs = await this.complete(current, next);
+    if (next) this.inflight = this.launch(next);
+    return outputs;
+  }
+
+  /** A plan with nothing to run (everything left was dropped): nothing to report. */
+  private finishedWithoutStep(plan: SchedulerOutput): RequestOutput[] {
+    this.kv.endStep(plan.step);
+    return [];
+  }
+
+  /**
+   * Hand a plan to the executor: drop grants of requests that finished since it was made, fill in the
+   * tokens (a decode's was still being sampled when it was scheduled), and build the batch diff.
+   */
+  private launch(plan: SchedulerOutput): Launched | null {
+    const seqs: ScheduledSequence[] = [];
+    const sampled: Request[] = [];
+    const added: BatchAdd[] = [];
+    const removed: string[] = this.pendingRemoval;
+    this.pendingRemoval = [];
+    const ids = new Set<string>();
+    let kept = 0;
+    for (const g of plan.scheduled) {
+      const r = g.request;
+      if (r.isFinished || g.incarnation !== r.numPreemptions) continue;
+      plan.scheduled[kept++] = g;
+      if (g.start + g.numNewTokens > r.numTokens) throw new Error(`engine: ${r.requestId} is scheduled past its known tokens`);
+      const sample = g.start + g.numNewTokens === r.numTokens;
+      seqs.push({
+        id: r.requestId,
+        tokens: r.allTokenIds.slice(g.start, g.start + g.numNewTokens),
+        numCached: g.start,
+        blocks: this.kv.blockIds(r.requestId),
+        sample,
+      });
+      if (sample) sampled.push(r);
+      ids.add(r.requestId);
+      const row = this.inBatch.get(r.requestId);
+      if (row !== r.numPreemptions) {
+        // New, or preempted since its row was built (its blocks are new): the row is rebuilt.
+        if (row !== undefined) removed.push(r.requestId);
+        added.push({
+          id: r.requestId,
+          sampling: samplingRowParams(r.sampling, r.key, this.eosTokenIds),
+          promptTokenIds: r.promptTokenIds,
+          outputTokenIds: r.outputTokenIds,
+        });
+        this.inBatch.set(r.requestId, r.numPreemptions);
+      }
+    }
+    plan.scheduled.length = kept;
+    for (const id of this.inBatch.keys()) {
+      if (ids.has(id)) continue;
+      removed.push(id);
+      this.inBatch.delete(id);
+    }
+    if (seqs.length === 0) {
+      this.pendingRemoval = removed; // sent with the next step that runs
+      return null;
+    }
+    const step: StepInput = { added, removed, seqs };
     this.steps++;
-    const seqs: ScheduledSequence[] = plan.scheduled.map(({ request: r, numNewTokens: n }) => ({
-      tokens: r.allTokenIds.slice(r.numComputedTokens, r.numComputedTokens + n),
-      numCached: r.numComputedTokens,
-      blocks: this.kv.blockIds(r.requestId),
-      wantLogits: r.numComputedTokens + n === r.numTokens,
-    }));
-    const logits = this.executor.execute(seqs);
-    const V = this.executor.vocabSize;
-    const outputs: RequestOutput[] = [];
-    let row = 0;
-    plan.scheduled.forEach(({ request: r, numNewTokens: n }, i) => {
-      this.promptTokens += Math.max(0, Math.min(n, r.promptTokenIds.length - r.numComputedTokens));
-      r.numComputedTokens += n;
-      this.kv.commitComputed(r);
-      if (!seqs[i]!.wantLogits) return;
-      const sampled = sampleToken(logits.subarray(row * V, (row + 1) * V), r.sampling, r);
-      row++;
-      outputs.push(this.acceptToken(r, sampled.token, sampled.logprob, sampled.topLogprobs));
+    const t = performance.now();
+    if (this.timing.lastResolved >= 0) this.timing.hostGapMs += t - this.timing.lastResolved;
+    const result = this.executor.execute(step).then((out) => {
+      this.timing.executorMs += performance.now() - t;
+      this.timing.lastResolved = performance.now();
+      return out;
     });
-    this.scheduler.retireFinished();
+    result.catch(() => undefined); // observed in complete(); never an unhandled rejection meanwhile
+    return { plan, sampled, result };
+  }
+
+  /** Wait for a launched step and fold its tokens in; on failure end its requests and take back `next`'s grants. */
+  private async complete(launched: Launched, next: SchedulerOutput | null): Promise<RequestOutput[]> {
+    let out: StepOutput;
+    try {
+      out = await launched.result;
+    } catch (err) {
+      throw this.fail(launched, next, err as Error);
+    }
+    const { plan, sampled } = launched;
+    for (const g of plan.scheduled) {
+      const r = g.request;
+      this.promptTokens += Math.max(0, Math.min(g.numNewTokens, r.promptTokenIds.length - g.start));
+    }
+    const tokens: SampledToken[] = sampled.map((request, i) => {
+      const lp = out.logprobs[i];
+      return lp ? { request, token: out.tokens[i]!, logprob: lp } : { request, token: out.tokens[i]! };
+    });
+    const outputs: RequestOutput[] = [];
+    this.scheduler.updateFromOutput(plan, tokens, (r, token, ended) => this.checkStopString(r, token, ended));
+    for (const s of tokens) {
+      const t = this.tracked.get(s.request.requestId);
+      if (!t || s.request.finishReason === "abort") continue;
+      outputs.push(this.output(t, s));
+    }
     for (const o of outputs) if (o.finished) this.forget(o);
     return outputs;
   }
 
-  private acceptToken(r: Request, token: number, logprob?: number, top?: TokenLogprob[]): RequestOutput {
-    const t = this.tracked.get(r.requestId)!;
-    r.appendToken(token);
-    this.generationTokens++;
-    const newLogprobs = logprob === undefined ? [] : [{ logprob, top }];
-    r.checkStop(this.config.maxModelLen);
-    if (t.detok && !r.isFinished) {
-      const stop = t.detok.push(token);
-      if (stop !== null) r.finish("stop", stop);
-    } else if (t.detok && r.finishReason === "length") {
-      t.detok.push(token); // the last token's text still counts
+  private fail(launched: Launched, next: SchedulerOutput | null, cause: Error): StepFailedError {
+    const ended = new Set<string>();
+    for (const g of launched.plan.scheduled) {
+      const parent = this.parentOf(g.request.requestId);
+      if (parent !== undefined && !ended.has(parent) && this.abort(parent)) ended.add(parent);
     }
+    for (const r of launched.sampled) r.numPendingTokens = Math.max(0, r.numPendingTokens - 1);
+    this.kv.endStep(launched.plan.step);
+    if (next) this.scheduler.rollBack(next);
+    // The executor's batch no longer matches: everyone re-enters it at the next step.
+    this.resetBatch();
+    return new StepFailedError(cause, [...ended]);
+  }
+
+  private resetBatch(): void {
+    for (const id of this.inBatch.keys()) this.pendingRemoval.push(id);
+    this.inBatch.clear();
+  }
+
+  /** Rows the executor still holds that the engine no longer counts in its batch (after a failed step). */
+  private pendingRemoval: string[] = [];
+
+  /** Stop strings, on the detokenized text; a token that ended the request by length still adds its text, a stop token does not. */
+  private checkStopString(r: Request, token: number, stoppedByToken: boolean): void {
+    const detok = this.tracked.get(r.requestId)?.detok;
+    if (!detok) return;
+    if (!stoppedByToken) {
+      const stop = detok.push(token);
+      if (stop !== null) r.finish("stop", stop);
+    } else if (r.finishReason === "length") detok.push(token);
+  }
+
+  private output(t: Tracked, s: SampledToken): RequestOutput {
+    const r = s.request;
+    this.generationTokens++;
     return {
       requestId: t.parentId,
       index: t.index,
-      newTokenIds: [token],
+      newTokenIds: [s.token],
       newText: t.detok ? t.detok.takeDelta(r.isFinished) : "",
-      newLogprobs,
+      newLogprobs: s.logprob ? [s.logprob] : [],
       finished: r.isFinished,
       finishReason: r.finishReason,
       stopReason: r.stopReason,
@@ -250,7 +408,7 @@ export class EngineCore {
       outputTokens: r.numOutputTokens,
       cachedTokens: r.numCachedTokens,
       numPreemptions: r.numPreemptions,
-      blocks: this.kv.blockIds(r.requestId),
+      blocks: [...this.kv.blockIds(r.requestId)],
       ageMs: now - r.arrivalTime,
     });
     return {

@@ -13,7 +13,7 @@ import { loadConfig } from "../model/config.js";
 import { loadGenerationDefaults } from "../model/generation-config.js";
 import { kvBytesPerToken } from "../model/llama.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
-import { EngineCore, type EngineConfig } from "./engine-core.js";
+import { EngineCore, type EngineConfig, StepFailedError } from "./engine-core.js";
 import { NullExecutor } from "./null-executor.js";
 import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from "./engine-protocol.js";
 import { LLM } from "./llm.js";
@@ -79,9 +79,10 @@ function openStub(init: WorkerInit): Session {
     maxNumSeqs,
     maxModelLen,
     policy: o.policy ?? "fcfs",
+    asyncScheduling: o.asyncScheduling ?? true,
   };
   const eos = [...new Set([...tokenizer.eosTokenIds, ...gen.eosTokenIds, ...config.eosTokenIds])];
-  const core = new EngineCore(new NullExecutor(config.vocabSize, maxNumSeqs), engineConfig, eos, tokenizer);
+  const core = new EngineCore(new NullExecutor(config.vocabSize), engineConfig, eos, tokenizer);
   if (o.seed !== undefined) core.seed(o.seed);
   return {
     core,
@@ -161,16 +162,13 @@ async function main(init: WorkerInit): Promise<void> {
     if (aborted) post({ type: "outputs", outputs: [], stats: core.stats() });
     if (core.hasUnfinished) {
       try {
-        const outputs = core.step();
+        const outputs = await core.step();
         if (outputs.length > 0) post({ type: "outputs", outputs, stats: core.stats() });
       } catch (err) {
-        // A failed step leaves the batch's requests in an unknown state: end them with the error, keep serving the rest.
-        const e = err as Error;
-        for (const r of [...core.scheduler.running]) {
-          const id = core.parentOf(r.requestId);
-          if (id !== undefined && core.abort(id))
-            post({ type: "rejected", requestId: id, message: `engine step failed: ${e.message}`, name: e.name });
-        }
+        // The core ended the failed step's requests (their KV is in an unknown state); tell their clients, serve the rest.
+        if (!(err instanceof StepFailedError)) throw err;
+        for (const id of err.requestIds) post({ type: "rejected", requestId: id, message: err.message, name: err.cause.name });
+        post({ type: "outputs", outputs: [], stats: core.stats() });
       }
       await yieldToEventLoop();
     } else {

@@ -1,8 +1,11 @@
 import type { Backend } from "../backend/backend.js";
+import { sampleRows } from "../backend/cpu/sample.js";
+import { SamplingRow } from "../backend/sampling.js";
+import { foldSeed } from "../backend/rng.js";
 import { type LoadModelOptions, loadModel, type LoadedModel } from "../model/load.js";
 import { ModelRunner } from "./model-runner.js";
-import { Rng, sampleToken, type SamplingState } from "./sampler.js";
-import { resolveSamplingParams, type SamplingParams } from "./sampling-params.js";
+import { resolveSamplingParams, samplingRowParams, type SamplingParams } from "./sampling-params.js";
+import type { StepInput } from "./step.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -25,10 +28,13 @@ export interface GeneratorOptions extends LoadModelOptions {
   blockSize?: number;
 }
 
+const ID = "generate";
+
 /**
- * One sequence at a time, straight on the model runner: the first `generate`
- * command. Its KV blocks are handed out in reverse order so even this path
- * runs the paged attention over a non-contiguous block table.
+ * One sequence at a time, straight on the model runner: the `generate` command and the oracle
+ * comparisons. It takes each step's full logits back to the host (that is its purpose) and samples them
+ * with the CPU sampling op. Its KV blocks are handed out in reverse order so even this path runs the
+ * paged attention over a non-contiguous block table.
  */
 export class Generator {
   private runner: ModelRunner;
@@ -69,41 +75,50 @@ export class Generator {
     }
     const sampling = resolveSamplingParams({ temperature: 0, ...opts.sampling, maxTokens: opts.maxTokens });
     const stop = new Set(opts.stopTokenIds ?? []);
-    const outputCounts = new Map<number, number>();
-    const state: SamplingState = {
-      promptTokenIds: prompt,
-      outputTokenIds: [],
-      outputCounts,
-      rng: new Rng(sampling.seed ?? (Math.random() * 2 ** 32) >>> 0),
-      eosTokenIds: [...stop],
-    };
+    const key = sampling.seed !== null ? foldSeed(sampling.seed) : (Math.random() * 2 ** 32) >>> 0;
+    const rowParams = samplingRowParams(sampling, key, [...stop]);
+    const row = new SamplingRow(rowParams, prompt);
     const chunk = this.loaded.model.limits.maxNumTokens;
     const vocab = this.loaded.config.vocabSize;
     const tokens: number[] = [];
     const logits: Float32Array[] = [];
     let finishReason: "stop" | "length" = "length";
+    let first = true;
+    const step = (piece: readonly number[], numCached: number, sample: boolean): Float32Array => {
+      const input: StepInput = {
+        added: first ? [{ id: ID, sampling: rowParams, promptTokenIds: prompt, outputTokenIds: [] }] : [],
+        removed: [],
+        seqs: [{ id: ID, tokens: piece, numCached, blocks: this.blocks, sample }],
+      };
+      first = false;
+      return this.runner.logits(input);
+    };
 
     const t0 = performance.now();
-    let row: Float32Array = new Float32Array(0);
-    for (let start = 0; start < prompt.length; start += chunk) {
-      const piece = prompt.slice(start, start + chunk);
-      const last = start + piece.length === prompt.length;
-      row = this.runner.execute([{ tokens: piece, numCached: start, blocks: this.blocks, wantLogits: last }]);
-    }
-    const t1 = performance.now();
-    for (let i = 0; i < opts.maxTokens; i++) {
-      if (opts.returnLogits) logits.push(row.slice(0, vocab));
-      const next = sampleToken(row, sampling, { ...state, outputTokenIds: tokens }).token;
-      tokens.push(next);
-      outputCounts.set(next, (outputCounts.get(next) ?? 0) + 1);
-      if (stop.has(next)) {
-        finishReason = "stop";
-        break;
+    let rowLogits: Float32Array = new Float32Array(0);
+    try {
+      for (let start = 0; start < prompt.length; start += chunk) {
+        const piece = prompt.slice(start, start + chunk);
+        rowLogits = step(piece, start, start + piece.length === prompt.length);
       }
-      if (i + 1 === opts.maxTokens) break;
-      row = this.runner.execute([{ tokens: [next], numCached: prompt.length + i, blocks: this.blocks, wantLogits: true }]);
+      const t1 = performance.now();
+      for (let i = 0; i < opts.maxTokens; i++) {
+        if (opts.returnLogits) logits.push(rowLogits.slice(0, vocab));
+        const next = sampleRows(rowLogits, 0, vocab, vocab, [{ row }]).tokens[0]!;
+        row.accept(next);
+        tokens.push(next);
+        if (stop.has(next)) {
+          finishReason = "stop";
+          break;
+        }
+        if (i + 1 === opts.maxTokens) break;
+        rowLogits = step([next], prompt.length + i, true);
+      }
+      const t2 = performance.now();
+      return { tokens, logits: opts.returnLogits ? logits : undefined, finishReason, promptMs: t1 - t0, decodeMs: t2 - t1 };
+    } finally {
+      // Leave the runner's persistent batch empty for the next call.
+      if (!first) this.runner.forget([ID]);
     }
-    const t2 = performance.now();
-    return { tokens, logits: opts.returnLogits ? logits : undefined, finishReason, promptMs: t1 - t0, decodeMs: t2 - t1 };
   }
 }

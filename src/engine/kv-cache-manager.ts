@@ -37,8 +37,12 @@ export function hashBlock(parent: string | null, tokens: readonly number[], salt
 export class KVCacheManager {
   readonly pool: BlockPool;
   private owned = new Map<string, KVBlock[]>();
-  /** Hashes of blocks this step's grants will fill: findable only once the forward pass has written them. */
-  private pending = new Set<string>();
+  /** The same blocks' ids, kept alongside so a step reads them without copying. */
+  private ownedIds = new Map<string, number[]>();
+  /** Hashes of blocks that scheduled steps will fill, by step: findable only once that forward pass has written them. */
+  private pending = new Map<string, number>();
+  private pendingByStep = new Map<number, string[]>();
+  private step = 0;
   /** Per request, how many of its leading blocks commitComputed has already made findable. */
   private committed = new Map<string, number>();
   readonly stats: CacheStats = { queries: 0, hits: 0 };
@@ -97,15 +101,27 @@ export class KVCacheManager {
     const revived = cachedPrefix.filter((b) => b.refCount === 0).length;
     if (needNew > this.pool.numFreeBlocks - revived) return false;
     this.pool.share(cachedPrefix);
-    const blocks = [...have, ...cachedPrefix, ...this.pool.allocate(needNew)];
-    this.owned.set(req.requestId, blocks);
+    const added = [...cachedPrefix, ...this.pool.allocate(needNew)];
+    let ids = this.ownedIds.get(req.requestId);
+    if (!ids) this.ownedIds.set(req.requestId, (ids = []));
+    for (const b of added) {
+      have.push(b);
+      ids.push(b.id);
+    }
+    this.owned.set(req.requestId, have);
     this.notePending(req, computed + numNewTokens);
     return true;
   }
 
-  /** A new step: grants of the last one were either computed (and committed) or abandoned. */
-  beginStep(): void {
-    this.pending.clear();
+  /** Grants from here on belong to step `step` (numbered by the scheduler). */
+  beginStep(step: number): void {
+    this.step = step;
+  }
+
+  /** Step `step` completed or failed: its grants no longer make anyone wait (completed blocks are committed by then). */
+  endStep(step: number): void {
+    for (const h of this.pendingByStep.get(step) ?? []) if (this.pending.get(h) === step) this.pending.delete(h);
+    this.pendingByStep.delete(step);
   }
 
   /** Note the blocks this grant will fill, so a request with the same prefix can wait one step and share them. */
@@ -113,7 +129,12 @@ export class KVCacheManager {
     if (!this.pool.enableCaching) return;
     this.updateHashes(req);
     const full = Math.min(Math.floor(numTokens / this.blockSize), req.blockHashes.length);
-    for (let i = Math.floor(req.numComputedTokens / this.blockSize); i < full; i++) this.pending.add(req.blockHashes[i]!);
+    let list = this.pendingByStep.get(this.step);
+    if (!list) this.pendingByStep.set(this.step, (list = []));
+    for (let i = Math.floor(req.numComputedTokens / this.blockSize); i < full; i++) {
+      this.pending.set(req.blockHashes[i]!, this.step);
+      list.push(req.blockHashes[i]!);
+    }
   }
 
   /**
@@ -126,16 +147,16 @@ export class KVCacheManager {
   }
 
   /**
-   * After the forward pass that wrote them has completed: make the request's full, computed blocks
-   * findable. Only here, so a revoked grant, a preemption or a failed step never leaves a findable
-   * block whose KV was not computed.
+   * After the forward pass that wrote them has completed: make the request's full blocks within its first
+   * `numTokensWritten` tokens findable. Only here, so a revoked grant, a preemption or a failed step never
+   * leaves a findable block whose KV was not computed.
    */
-  commitComputed(req: CacheRequest): void {
+  commitComputed(req: CacheRequest, numTokensWritten: number): void {
     if (!this.pool.enableCaching) return;
     const blocks = this.owned.get(req.requestId);
     if (!blocks) return;
     this.updateHashes(req);
-    const full = Math.min(Math.floor(req.numComputedTokens / this.blockSize), req.blockHashes.length, blocks.length);
+    const full = Math.min(Math.floor(numTokensWritten / this.blockSize), req.blockHashes.length, blocks.length);
     // Only the blocks filled since the last commit: a long sequence is not walked from its start every step.
     for (let i = this.committed.get(req.requestId) ?? 0; i < full; i++) this.pool.cacheBlock(blocks[i]!, req.blockHashes[i]!);
     this.committed.set(req.requestId, full);
@@ -146,12 +167,14 @@ export class KVCacheManager {
     const blocks = this.owned.get(requestId);
     if (!blocks) return;
     this.owned.delete(requestId);
+    this.ownedIds.delete(requestId);
     this.committed.delete(requestId);
     this.pool.release([...blocks].reverse());
   }
 
-  blockIds(requestId: string): number[] {
-    return (this.owned.get(requestId) ?? []).map((b) => b.id);
+  /** The request's block ids, in order: a live list that grows as blocks are allocated (copy it to keep it). */
+  blockIds(requestId: string): readonly number[] {
+    return this.ownedIds.get(requestId) ?? [];
   }
 
   numBlocksOf(requestId: string): number {

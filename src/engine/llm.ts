@@ -12,7 +12,7 @@ import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { EngineCore, type EngineConfig, type RequestOutput } from "./engine-core.js";
 import { ModelRunner } from "./model-runner.js";
 import type { FinishReason } from "./request.js";
-import type { TokenLogprob } from "./sampler.js";
+import type { TokenLogprob } from "../backend/sampling.js";
 import { resolveSamplingParams, type SamplingParams } from "./sampling-params.js";
 
 export interface EngineOptions {
@@ -27,6 +27,8 @@ export interface EngineOptions {
   numBlocks?: number;
   enablePrefixCaching?: boolean;
   policy?: "fcfs" | "priority";
+  /** Schedule the next step while this one runs (vLLM's --async-scheduling; default on). */
+  asyncScheduling?: boolean;
   dtype?: DType;
   /** auto (CUDA when usable, else CPU), cpu or cuda. */
   device?: DeviceRequest;
@@ -101,6 +103,7 @@ export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: En
     maxNumSeqs: o.maxNumSeqs ?? 256,
     maxModelLen,
     policy: o.policy ?? "fcfs",
+    asyncScheduling: o.asyncScheduling ?? true,
   };
 }
 
@@ -192,7 +195,7 @@ export class LLM {
   }
 
   /** Generate for every prompt (text or token ids); returns results in prompt order. */
-  generate(prompts: readonly (string | readonly number[])[], sampling: Partial<SamplingParams> = {}): GenerationResult[] {
+  async generate(prompts: readonly (string | readonly number[])[], sampling: Partial<SamplingParams> = {}): Promise<GenerationResult[]> {
     const results = prompts.map((prompt) => {
       const ids = typeof prompt === "string" ? this.encode(prompt) : [...prompt];
       const params = resolveSamplingParams(sampling, this.samplingDefaults);
@@ -209,7 +212,7 @@ export class LLM {
       return { requestId, promptTokenIds: ids, numCachedTokens: 0, outputs } as GenerationResult;
     });
     const byId = new Map(results.map((r) => [r.requestId, r]));
-    while (this.core.hasUnfinished) for (const o of this.core.step()) collect(byId.get(o.requestId), o);
+    while (this.core.hasUnfinished) for (const o of await this.core.step()) collect(byId.get(o.requestId), o);
     return results;
   }
 

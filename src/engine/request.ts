@@ -1,20 +1,24 @@
 import type { CacheRequest } from "./kv-cache-manager.js";
-import { Rng, type SamplingState, type TokenLogprob } from "./sampler.js";
+import type { TokenLogprob } from "../backend/sampling.js";
 import type { SamplingParams } from "./sampling-params.js";
 
 export type RequestStatus = "waiting" | "running" | "preempted" | "finished";
 export type FinishReason = "stop" | "length" | "abort";
 
 /** One sequence being generated: its tokens, its progress through the KV cache, and its sampling state. */
-export class Request implements CacheRequest, SamplingState {
+export class Request implements CacheRequest {
   status: RequestStatus = "waiting";
   readonly outputTokenIds: number[] = [];
   readonly allTokenIds: number[];
   readonly outputCounts = new Map<number, number>();
   readonly blockHashes: string[] = [];
-  readonly rng: Rng;
-  /** Tokens whose K/V are in the cache. */
+  /**
+   * Tokens whose K/V are in the cache or being written by a scheduled step (advanced when a step is
+   * scheduled, as vLLM does, so the next step can be scheduled before this one's results are back).
+   */
   numComputedTokens = 0;
+  /** Tokens scheduled steps will sample for it whose values are not back yet (0 or 1, 2 under async scheduling). */
+  numPendingTokens = 0;
   /** Prompt tokens found in the prefix cache when first admitted. */
   numCachedTokens = 0;
   numPreemptions = 0;
@@ -35,10 +39,11 @@ export class Request implements CacheRequest, SamplingState {
     readonly eosTokenIds: readonly number[],
     readonly arrivalTime: number,
     readonly priority = 0,
+    /** The 32-bit key of its random stream: its n-th output token uses draw n. */
+    readonly key: number = (Math.random() * 2 ** 32) >>> 0,
     readonly cacheSalt = "",
   ) {
     this.allTokenIds = [...promptTokenIds];
-    this.rng = new Rng(sampling.seed ?? (Math.random() * 2 ** 32) >>> 0);
   }
 
   get numTokens(): number {
@@ -47,6 +52,17 @@ export class Request implements CacheRequest, SamplingState {
 
   get numOutputTokens(): number {
     return this.outputTokenIds.length;
+  }
+
+  /** Tokens the next step may feed: those known, plus those being sampled now. */
+  get numTokensWithPending(): number {
+    return this.allTokenIds.length + this.numPendingTokens;
+  }
+
+  /** Whether the tokens being sampled will end it by length, so nothing more is scheduled for it. */
+  endsWithPending(maxModelLen: number): boolean {
+    if (this.numPendingTokens === 0) return false;
+    return this.outputTokenIds.length + this.numPendingTokens >= this.sampling.maxTokens || this.numTokensWithPending >= maxModelLen;
   }
 
   get isFinished(): boolean {

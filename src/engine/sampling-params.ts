@@ -1,3 +1,5 @@
+import type { SamplingRowParams } from "../backend/sampling.js";
+
 /** Per-request generation settings, with vLLM's names (camelCase) and meanings. */
 export interface SamplingParams {
   /** Completions per prompt; they share the prompt's cached blocks. */
@@ -118,4 +120,22 @@ export function resolveSamplingParams(given: Partial<SamplingParams>, modelDefau
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** The sampling op's view of a request: its settings as plain numbers, its random key, and what min_tokens masks. */
+export function samplingRowParams(p: SamplingParams, key: number, eosTokenIds: readonly number[]): SamplingRowParams {
+  return {
+    temperature: p.temperature,
+    topK: p.topK,
+    topP: p.topP,
+    minP: p.minP,
+    repetitionPenalty: p.repetitionPenalty,
+    presencePenalty: p.presencePenalty,
+    frequencyPenalty: p.frequencyPenalty,
+    logitBias: Object.entries(p.logitBias).map(([id, bias]) => [Number(id), bias] as const),
+    minTokens: p.minTokens,
+    minTokensBanned: [...p.stopTokenIds, ...(p.ignoreEos ? [] : eosTokenIds)],
+    logprobs: p.logprobs,
+    key: key >>> 0,
+  };
 }

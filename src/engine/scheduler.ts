@@ -15,15 +15,30 @@ export interface SchedulerConfig {
 
 export interface ScheduledRequest {
   request: Request;
-  /** Tokens fed this step, starting at request.numComputedTokens. */
+  /** Tokens fed this step, starting at `start`. */
   numNewTokens: number;
+  /** request.numComputedTokens when it was scheduled (the first position fed). */
+  start: number;
+  /** Whether this step samples a token for it (its grant reaches every token it has, pending ones included). */
+  samples: boolean;
+  /** request.numPreemptions when it was scheduled: a preemption since then means its blocks are gone. */
+  incarnation: number;
 }
 
 export interface SchedulerOutput {
+  /** Numbered from 1. */
+  step: number;
   scheduled: ScheduledRequest[];
   /** Requests preempted this step (blocks freed, to be recomputed). */
   preempted: Request[];
   totalTokens: number;
+}
+
+/** What one sampled sequence of a completed step brought back. */
+export interface SampledToken {
+  request: Request;
+  token: number;
+  logprob?: { logprob: number; top?: { token: number; logprob: number }[] };
 }
 
 /**
@@ -70,9 +85,14 @@ export class Scheduler {
     return this.waiting.length > 0 || this.running.length > 0;
   }
 
+  /**
+   * Grant this step's tokens. Each grant advances its request's numComputedTokens at once (and, when it
+   * samples, numPendingTokens), so the next step can be scheduled before this one has run: a decode
+   * then feeds the token this step is sampling.
+   */
   schedule(): SchedulerOutput {
     this.step++;
-    this.kv.beginStep();
+    this.kv.beginStep(this.step);
     let budget = this.config.maxNumBatchedTokens;
     const scheduled: ScheduledRequest[] = [];
     const preempted: Request[] = [];
@@ -80,7 +100,9 @@ export class Scheduler {
 
     for (let i = 0; i < this.running.length && budget > 0;) {
       const req = this.running[i]!;
-      const numNew = Math.min(req.numTokens - req.numComputedTokens, budget, chunkCap);
+      const numNew = req.endsWithPending(this.config.maxModelLen)
+        ? 0
+        : Math.min(req.numTokensWithPending - req.numComputedTokens, budget, chunkCap);
       if (numNew <= 0) {
         i++;
         continue;
@@ -99,7 +121,7 @@ export class Scheduler {
         fits = this.kv.allocateSlots(req, numNew);
       }
       if (!fits) continue; // req itself was preempted and removed from running
-      scheduled.push({ request: req, numNewTokens: numNew });
+      scheduled.push(this.grant(req, numNew));
       budget -= numNew;
       i++;
     }
@@ -121,11 +143,79 @@ export class Scheduler {
         }
         req.status = "running";
         this.running.push(req);
-        scheduled.push({ request: req, numNewTokens: numNew });
+        scheduled.push(this.grant(req, numNew));
         budget -= numNew;
       }
     }
-    return { scheduled, preempted, totalTokens: this.config.maxNumBatchedTokens - budget };
+    // Grants are final now (a revoked one was never applied): advance each request past its grant.
+    for (const g of scheduled) {
+      g.request.numComputedTokens += g.numNewTokens;
+      if (g.samples) g.request.numPendingTokens++;
+    }
+    return { step: this.step, scheduled, preempted, totalTokens: this.config.maxNumBatchedTokens - budget };
+  }
+
+  private grant(req: Request, numNew: number): ScheduledRequest {
+    return {
+      request: req,
+      numNewTokens: numNew,
+      start: req.numComputedTokens,
+      samples: req.numComputedTokens + numNew === req.numTokensWithPending,
+      incarnation: req.numPreemptions,
+    };
+  }
+
+  /**
+   * The one place request progress moves after a step: the KV it wrote becomes findable, sampled tokens
+   * are appended, stops are decided (`onToken` adds the stop-string check on the text), and finished
+   * requests leave with their blocks freed. A request preempted since the step was scheduled keeps its
+   * token (it was computed from the right context) but commits nothing; an aborted one takes nothing.
+   */
+  updateFromOutput(
+    plan: SchedulerOutput,
+    sampled: readonly SampledToken[],
+    onToken: (r: Request, token: number, stoppedByToken: boolean) => void,
+  ): void {
+    for (const g of plan.scheduled) {
+      const r = g.request;
+      if (r.isFinished || g.incarnation !== r.numPreemptions) continue;
+      this.kv.commitComputed(r, g.start + g.numNewTokens);
+    }
+    this.kv.endStep(plan.step);
+    for (const s of sampled) {
+      const r = s.request;
+      r.numPendingTokens--;
+      if (r.isFinished) continue;
+      r.appendToken(s.token);
+      if (s.logprob) r.logprobs.push(s.logprob);
+      onToken(r, s.token, r.checkStop(this.config.maxModelLen));
+      if (r.isFinished) this.remove(r);
+    }
+  }
+
+  /**
+   * A step failed: its requests' KV is unknown, so the caller ends them (`failed`); grants of a step
+   * scheduled after it (not yet run) are taken back from everyone else.
+   */
+  rollBack(plan: SchedulerOutput): void {
+    for (const g of plan.scheduled) {
+      const r = g.request;
+      if (r.isFinished || g.incarnation !== r.numPreemptions) continue;
+      r.numComputedTokens -= g.numNewTokens;
+      if (g.samples) r.numPendingTokens--;
+    }
+    this.kv.endStep(plan.step);
+  }
+
+  /** Take a finished request out of whichever list holds it and free its blocks. */
+  private remove(r: Request): void {
+    const i = this.running.indexOf(r);
+    if (i >= 0) this.running.splice(i, 1);
+    else {
+      const w = this.waiting.indexOf(r); // preempted while its last step ran
+      if (w >= 0) this.waiting.splice(w, 1);
+    }
+    this.kv.free(r.requestId);
   }
 
   /** The running request to give up first: the newest (FCFS) or the lowest priority. */
@@ -142,17 +232,6 @@ export class Scheduler {
     this.numPreemptions++;
     req.status = "preempted";
     this.insertWaiting(req, true);
-  }
-
-  /** Drop finished requests from the running list and free their blocks. */
-  retireFinished(): void {
-    for (let i = this.running.length - 1; i >= 0; i--) {
-      const r = this.running[i]!;
-      if (r.isFinished) {
-        this.running.splice(i, 1);
-        this.kv.free(r.requestId);
-      }
-    }
   }
 
   /** Abort a request wherever it is; its blocks return to the pool now. */

@@ -8,7 +8,7 @@ import type { ServerResponse } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { type AsyncEngine, EngineDeadError, EngineRequestError } from "../engine/async-engine.js";
 import type { RequestOutput } from "../engine/engine-core.js";
-import type { TokenLogprob } from "../engine/sampler.js";
+import type { TokenLogprob } from "../backend/sampling.js";
 import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
 import { ChatTemplateError } from "../tokenizer/chat-template.js";
 import type { Tokenizer } from "../tokenizer/tokenizer.js";

@@ -1,5 +1,5 @@
 /** The pieces of OpenAI's response bodies that both endpoints build: usage and the two logprobs shapes. */
-import type { TokenLogprob } from "../engine/sampler.js";
+import type { TokenLogprob } from "../backend/sampling.js";
 
 export type Logprobs = { logprob: number; top?: TokenLogprob[] }[];
 

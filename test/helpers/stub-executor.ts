@@ -1,13 +1,13 @@
-import type { StepExecutor } from "../../src/engine/engine-core.js";
-import type { ScheduledSequence } from "../../src/engine/model-runner.js";
+import { HostLogitsExecutor } from "../../src/engine/host-logits-executor.js";
+import type { ScheduledSequence } from "../../src/engine/step.js";
 
 /**
- * A model stand-in that costs (almost) nothing: the next-token logits are a
- * fixed pseudo-random function of the previous token and its position, so
- * outputs are deterministic and depend on the exact token history fed, like
- * a real model's. It also records every batch for invariant checks.
+ * A model stand-in that costs (almost) nothing: the next-token logits are a fixed pseudo-random
+ * function of the previous token and its position, so outputs are deterministic and depend on the exact
+ * token history fed, like a real model's. Sampling is the real CPU op over those logits. It also
+ * records every batch for invariant checks.
  */
-export class StubExecutor implements StepExecutor {
+export class StubExecutor extends HostLogitsExecutor {
   readonly batches: ScheduledSequence[][] = [];
   private out: Float32Array;
 
@@ -15,12 +15,13 @@ export class StubExecutor implements StepExecutor {
     readonly vocabSize = 64,
     readonly record = false,
   ) {
+    super();
     this.out = new Float32Array(0);
   }
 
-  execute(seqs: readonly ScheduledSequence[]): Float32Array {
+  protected forward(seqs: readonly ScheduledSequence[]): Float32Array {
     if (this.record) this.batches.push(seqs.map((s) => ({ ...s, tokens: [...s.tokens], blocks: [...s.blocks] })));
-    const wanted = seqs.filter((s) => s.wantLogits);
+    const wanted = seqs.filter((s) => s.sample);
     if (this.out.length < wanted.length * this.vocabSize) this.out = new Float32Array(wanted.length * this.vocabSize);
     wanted.forEach((s, r) => {
       const last = s.tokens[s.tokens.length - 1]!;

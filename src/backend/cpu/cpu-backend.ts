@@ -5,6 +5,8 @@ import { type DType, dtypeBytes, encodeFloats, f16ToF32Table } from "../dtype.js
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
 import { ThreadPool } from "./pool.js";
+import type { SampleOutput, SampleRow } from "../sampling.js";
+import { sampleRows } from "./sample.js";
 
 interface CpuStorage extends Storage {
   readonly handle: SharedArrayBuffer;
@@ -133,6 +135,13 @@ export class CpuBackend implements Backend {
   }
 
   // ---------------------------------------------------------------- ops
+
+  sample(logits: Tensor, rows: readonly SampleRow[]): SampleOutput {
+    if (logits.dtype !== "f32" || logits.shape.length !== 2 || logits.strides[1] !== 1 || logits.shape[0]! < rows.length) {
+      throw new Error(`sample: expected f32 logits [>= ${rows.length}, vocab] with contiguous rows, got ${logits}`);
+    }
+    return sampleRows(st(logits).f32, logits.offset, logits.rowStride, logits.shape[1]!, rows);
+  }
 
   embedding(out: Tensor, ids: Tensor, table: Tensor): void {
     const [vocab, hidden] = table.shape as [number, number];

@@ -25,6 +25,8 @@ import { type MemoryReport, type MemoryStats } from "../allocator.js";
 import type { AttentionMetadata, Backend, RopeTable } from "../backend.js";
 import { decodeFloats, type DType, dtypeBytes, encodeFloats } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
+import type { SampleOutput, SampleRow } from "../sampling.js";
+import { sampleRows } from "../cpu/sample.js";
 import { KernelCache, nvrtcCompiler } from "./compile-cache.js";
 import { DeviceAllocator, type DeviceAllocatorStats, type DeviceStorage, driverMemory } from "./device-allocator.js";
 import { type CudaDeviceSummary, type SelectDeviceOptions, selectDevice } from "./device.js";
@@ -220,6 +222,17 @@ export class CudaBackend implements Backend {
   write(dst: Tensor, values: ArrayLike<number>): void {
     if (values.length !== dst.numel) throw new Error(`write: ${values.length} values into ${dst}; expected ${dst.numel}`);
     this.writeBytes(dst, encodeFloats(values, dst.dtype));
+  }
+
+  /**
+   * Sampling on the host over logits copied back: the CUDA sampling kernels (the same processors, draws
+   * and truncation as sample.ts) are the GPU issue's work; until they have run on a device this keeps the
+   * CUDA path's results identical to the CPU's.
+   */
+  sample(logits: Tensor, rows: readonly SampleRow[]): SampleOutput {
+    const V = logits.shape[1]!;
+    const host = this.read(logits.rows(0, rows.length));
+    return sampleRows(host, 0, V, V, rows);
   }
 
   /** Copies the span the view covers (strided views included) and picks its elements on the host. */
