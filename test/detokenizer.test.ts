@@ -66,3 +66,29 @@ describe("incremental detokenizer", () => {
     assert.equal(r.deltas.join(""), "held back: EN then released");
   });
 });
+
+describe("byte-level fast path", () => {
+  it("the Qwen3 tokenizer takes it", () => {
+    assert.ok(tok.byteLevelPieces() !== null);
+  });
+
+  it("streams exactly what the general path and a full decode give, over random ids (special tokens and split characters included)", () => {
+    const general = { decode: (ids: number[], o?: { skipSpecialTokens?: boolean }) => tok.decode(ids, o) };
+    let s = 12345;
+    const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+    for (let trial = 0; trial < 40; trial++) {
+      const skipSpecialTokens = trial % 2 === 0;
+      const ids = Array.from({ length: 60 }, () => (next() < 0.05 ? 151643 + Math.floor(next() * 20) : Math.floor(next() * 151643)));
+      const fast = new IncrementalDetokenizer(tok, prompt, { skipSpecialTokens, stop: [], includeStopStrInOutput: false });
+      const slow = new IncrementalDetokenizer(general, prompt, { skipSpecialTokens, stop: [], includeStopStrInOutput: false });
+      for (const id of ids) {
+        fast.push(id);
+        slow.push(id);
+      }
+      const full = tok.decode(ids, { skipSpecialTokens });
+      assert.equal(fast.output, slow.output, `trial ${trial}`);
+      assert.ok(full.startsWith(fast.output), `trial ${trial}: the streamed text is a prefix of the full decode`);
+      assert.ok(full.length - fast.output.length <= 2, `trial ${trial}: only an incomplete last character is held back`);
+    }
+  });
+});

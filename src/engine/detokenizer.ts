@@ -1,6 +1,13 @@
+import type { ByteLevelPieces } from "../tokenizer/tokenizer.js";
+
 /** The part of a tokenizer the detokenizer needs. */
 export interface TokenDecoder {
   decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): string;
+  /**
+   * Each token's bytes, where text is those bytes concatenated and read as UTF-8 (byte-level BPE: Qwen,
+   * Llama 3, GPT-2), with the ids `skipSpecialTokens` drops; null where decoding depends on context.
+   */
+  byteLevelPieces?(): ByteLevelPieces | null;
 }
 
 export interface DetokenizerOptions {
@@ -22,6 +29,9 @@ export interface DetokenizerOptions {
  *   string is never emitted before that is known.
  */
 export class IncrementalDetokenizer {
+  /** The byte-level fast path: one streaming UTF-8 decoder, no re-decoding (null: the general path below). */
+  private readonly pieces: ByteLevelPieces | null;
+  private readonly utf8: TextDecoder | null;
   private tokens: number[];
   private prefixOffset: number;
   private readOffset: number;
@@ -35,8 +45,10 @@ export class IncrementalDetokenizer {
     promptTokenIds: readonly number[],
     private opts: DetokenizerOptions,
   ) {
+    this.pieces = decoder.byteLevelPieces?.() ?? null;
+    this.utf8 = this.pieces ? new TextDecoder("utf-8") : null;
     // A few prompt tokens of left context, as vLLM does.
-    this.tokens = promptTokenIds.slice(-5);
+    this.tokens = this.pieces ? [] : promptTokenIds.slice(-5);
     this.prefixOffset = 0;
     this.readOffset = this.tokens.length;
   }
@@ -49,6 +61,17 @@ export class IncrementalDetokenizer {
   /** Add one generated token. Returns the stop string if the text now contains one. */
   push(token: number): string | null {
     if (this.stoppedBy !== null) return this.stoppedBy;
+    if (this.pieces) {
+      // Incomplete characters wait inside the streaming decoder for their last bytes.
+      if (this.opts.skipSpecialTokens && this.pieces.special.has(token)) return null;
+      const bytes = this.pieces.bytes[token];
+      if (!bytes) return null; // outside the vocabulary: decodes to nothing
+      const piece = this.utf8!.decode(bytes, { stream: true });
+      if (piece.length === 0) return null;
+      const before = this.text.length;
+      this.text += piece;
+      return this.checkStop(before);
+    }
     this.tokens.push(token);
     const skip = { skipSpecialTokens: this.opts.skipSpecialTokens };
     const prefix = this.decoder.decode(this.tokens.slice(this.prefixOffset, this.readOffset), skip);

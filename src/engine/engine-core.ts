@@ -225,7 +225,7 @@ export class EngineCore {
       const plan = this.scheduler.schedule();
       const launched = this.launch(plan);
       if (!launched) return this.finishedWithoutStep(plan);
-      return this.complete(launched, null);
+      return this.emit(await this.collect(launched, null));
     }
     if (!this.inflight) {
       const plan = this.scheduler.schedule();
@@ -235,9 +235,10 @@ export class EngineCore {
     const current = this.inflight;
     this.inflight = null;
     const next = this.scheduler.hasUnfinished ? this.scheduler.schedule() : null;
-    const outputs = await this.complete(current, next);
+    const taken = await this.collect(current, next);
+    // The next step runs while this one's text is detokenized and its outputs built.
     if (next) this.inflight = this.launch(next);
-    return outputs;
+    return this.emit(taken);
   }
 
   /** A plan with nothing to run (everything left was dropped): nothing to report. */
@@ -310,7 +311,7 @@ export class EngineCore {
   }
 
   /** Wait for a launched step and fold its tokens in; on failure end its requests and take back `next`'s grants. */
-  private async complete(launched: Launched, next: SchedulerOutput | null): Promise<RequestOutput[]> {
+  private async collect(launched: Launched, next: SchedulerOutput | null): Promise<(SampledToken & { ended: boolean })[]> {
     let out: StepOutput;
     try {
       out = await launched.result;
@@ -322,18 +323,31 @@ export class EngineCore {
       const r = g.request;
       this.promptTokens += Math.max(0, Math.min(g.numNewTokens, r.promptTokenIds.length - g.start));
     }
-    const tokens: SampledToken[] = sampled.map((request, i) => {
+    const tokens: SampledToken[] = new Array<SampledToken>(sampled.length);
+    for (let i = 0; i < sampled.length; i++) {
       const lp = out.logprobs[i];
-      return lp ? { request, token: out.tokens[i]!, logprob: lp } : { request, token: out.tokens[i]! };
-    });
-    const outputs: RequestOutput[] = [];
-    this.scheduler.updateFromOutput(plan, tokens, (r, token, ended) => this.checkStopString(r, token, ended));
-    for (const s of tokens) {
-      const t = this.tracked.get(s.request.requestId);
-      if (!t || s.request.finishReason === "abort") continue;
-      outputs.push(this.output(t, s));
+      tokens[i] = lp ? { request: sampled[i]!, token: out.tokens[i]!, logprob: lp } : { request: sampled[i]!, token: out.tokens[i]! };
     }
-    for (const o of outputs) if (o.finished) this.forget(o);
+    return this.scheduler.updateFromOutput(plan, tokens);
+  }
+
+  /** Detokenize the tokens taken (a stop string may end a request here) and build the outputs. */
+  private emit(taken: readonly (SampledToken & { ended: boolean })[]): RequestOutput[] {
+    const outputs: RequestOutput[] = [];
+    for (const s of taken) {
+      const t = this.tracked.get(s.request.requestId);
+      if (!t) continue;
+      if (t.detok) {
+        const r = s.request;
+        if (!s.ended) {
+          const stop = t.detok.push(s.token);
+          if (stop !== null) this.scheduler.finishByStopString(r, stop);
+        } else if (r.finishReason === "length") t.detok.push(s.token); // its text still counts; a stop token's does not
+      }
+      const o = this.output(t, s);
+      outputs.push(o);
+      if (o.finished) this.forget(o);
+    }
     return outputs;
   }
 
@@ -358,16 +372,6 @@ export class EngineCore {
 
   /** Rows the executor still holds that the engine no longer counts in its batch (after a failed step). */
   private pendingRemoval: string[] = [];
-
-  /** Stop strings, on the detokenized text; a token that ended the request by length still adds its text, a stop token does not. */
-  private checkStopString(r: Request, token: number, stoppedByToken: boolean): void {
-    const detok = this.tracked.get(r.requestId)?.detok;
-    if (!detok) return;
-    if (!stoppedByToken) {
-      const stop = detok.push(token);
-      if (stop !== null) r.finish("stop", stop);
-    } else if (r.finishReason === "length") detok.push(token);
-  }
 
   private output(t: Tracked, s: SampledToken): RequestOutput {
     const r = s.request;

@@ -167,30 +167,37 @@ export class Scheduler {
 
   /**
    * The one place request progress moves after a step: the KV it wrote becomes findable, sampled tokens
-   * are appended, stops are decided (`onToken` adds the stop-string check on the text), and finished
-   * requests leave with their blocks freed. A request preempted since the step was scheduled keeps its
-   * token (it was computed from the right context) but commits nothing; an aborted one takes nothing.
+   * are appended, token-level stops are decided (stop ids, end of sequence, max_tokens, the context
+   * length) and finished requests leave with their blocks freed. Returns the tokens taken, each marked
+   * when it ended its request. A request preempted since the step was scheduled keeps its token (it was
+   * computed from the right context) but commits nothing; one that ended meanwhile takes nothing.
    */
-  updateFromOutput(
-    plan: SchedulerOutput,
-    sampled: readonly SampledToken[],
-    onToken: (r: Request, token: number, stoppedByToken: boolean) => void,
-  ): void {
+  updateFromOutput(plan: SchedulerOutput, sampled: readonly SampledToken[]): (SampledToken & { ended: boolean })[] {
     for (const g of plan.scheduled) {
       const r = g.request;
       if (r.isFinished || g.incarnation !== r.numPreemptions) continue;
       this.kv.commitComputed(r, g.start + g.numNewTokens);
     }
     this.kv.endStep(plan.step);
+    const taken: (SampledToken & { ended: boolean })[] = [];
     for (const s of sampled) {
       const r = s.request;
       r.numPendingTokens--;
       if (r.isFinished) continue;
       r.appendToken(s.token);
       if (s.logprob) r.logprobs.push(s.logprob);
-      onToken(r, s.token, r.checkStop(this.config.maxModelLen));
-      if (r.isFinished) this.remove(r);
+      const ended = r.checkStop(this.config.maxModelLen);
+      if (ended) this.remove(r);
+      taken.push({ ...s, ended });
     }
+    return taken;
+  }
+
+  /** A stop string was found in the text: the request ends here (a step already scheduled for it is discarded). */
+  finishByStopString(r: Request, stop: string): void {
+    if (r.isFinished) return;
+    r.finish("stop", stop);
+    this.remove(r);
   }
 
   /**

@@ -56,6 +56,25 @@ interface TokenizerFiles {
   chatTemplates?: ChatTemplates;
 }
 
+/** Each token's bytes under a byte-level decoder, and the ids skip_special_tokens drops. */
+export interface ByteLevelPieces {
+  bytes: readonly Uint8Array[];
+  special: ReadonlySet<number>;
+}
+
+/** GPT-2's byte-level alphabet, inverted: the character each byte is spelled with, back to the byte. */
+function unicodeToByte(): Map<string, number> {
+  const printable: number[] = [];
+  for (let b = 33; b <= 126; b++) printable.push(b);
+  for (let b = 161; b <= 172; b++) printable.push(b);
+  for (let b = 174; b <= 255; b++) printable.push(b);
+  const map = new Map<string, number>();
+  for (const b of printable) map.set(String.fromCharCode(b), b);
+  let extra = 0;
+  for (let b = 0; b < 256; b++) if (!printable.includes(b)) map.set(String.fromCharCode(256 + extra++), b);
+  return map;
+}
+
 function readTokenizerFiles(dir: string): TokenizerFiles {
   const tokenizerPath = join(dir, "tokenizer.json");
   const tokenizer = readJsonObject(tokenizerPath, true, "a Hugging Face model folder needs a tokenizer.json (the fast-tokenizer format)")!;
@@ -154,6 +173,46 @@ export class Tokenizer {
       this.longest = max;
     }
     return this.longest;
+  }
+
+  private pieces: ByteLevelPieces | null | undefined;
+
+  /**
+   * For a byte-level BPE tokenizer (its decoder is ByteLevel alone, no clean-up of spaces): every token's
+   * bytes, so text streams without decoding token lists again. Vocabulary entries map back through the
+   * byte-to-character table; added tokens take what the library decodes them to. Null otherwise.
+   */
+  byteLevelPieces(): ByteLevelPieces | null {
+    if (this.pieces !== undefined) return this.pieces;
+    this.pieces = null;
+    const decoder = this.files.tokenizer.decoder as { type?: string; decoders?: { type?: string }[] } | null | undefined;
+    const steps = decoder?.type === "Sequence" ? (decoder.decoders ?? []) : decoder ? [decoder] : [];
+    if (steps.length !== 1 || steps[0]?.type !== "ByteLevel" || this.files.config.clean_up_tokenization_spaces === true) return null;
+    const toByte = unicodeToByte();
+    const added = new Map([...this.hf.get_added_tokens_decoder().entries()].map(([id, t]) => [id, t.content] as const));
+    const utf8 = new TextEncoder();
+    const bytes: Uint8Array[] = [];
+    for (let id = 0; id < this.vocabSize; id++) {
+      if (added.has(id)) {
+        bytes.push(utf8.encode(this.hf.decode([id], { skip_special_tokens: false })));
+        continue;
+      }
+      const token = this.hf.id_to_token(id);
+      if (token === undefined) {
+        bytes.push(new Uint8Array(0));
+        continue;
+      }
+      const out = new Uint8Array(token.length);
+      let n = 0;
+      for (const ch of token) {
+        const b = toByte.get(ch);
+        if (b === undefined) return null; // not a byte-level vocabulary after all
+        out[n++] = b;
+      }
+      bytes.push(out.subarray(0, n));
+    }
+    this.pieces = { bytes, special: this.specialIds };
+    return this.pieces;
   }
 
   idToToken(id: number): string | undefined {
