@@ -20,6 +20,7 @@ import {
   registerBenchServe,
   runServeBenchmark,
   sampleRandomRequests,
+  transport,
 } from "../src/cli/bench-serve.js";
 import { startServer, type RunningServer } from "../src/server/serve.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
@@ -42,28 +43,32 @@ const mean = (xs: number[]) => sum(xs) / xs.length;
 
 /** Count, per prompt, the SSE events with choices that the server sends, by teeing fetch's response bodies. */
 async function countingChunks<T>(run: () => Promise<T>): Promise<{ value: T; chunks: Map<string, number> }> {
-  const realFetch = globalThis.fetch;
+  const realPost = transport.post;
   const chunks = new Map<string, number>();
   const pending: Promise<void>[] = [];
-  globalThis.fetch = async (input: string | URL | Request, init?: RequestInit) => {
-    const res = await realFetch(input, init);
-    if (!String(input).endsWith("/v1/completions") || !res.body || !res.ok) return res;
-    const [mine, theirs] = res.body.tee();
-    const key = JSON.stringify((JSON.parse(String(init!.body)) as { prompt: number[] }).prompt);
+  transport.post = async (url, headers, body) => {
+    const res = await realPost(url, headers, body);
+    if (!url.endsWith("/v1/completions") || res.statusCode !== 200) return res;
+    const key = JSON.stringify((JSON.parse(body) as { prompt: number[] }).prompt);
+    let text = "";
+    res.on("data", (d: Buffer | string) => (text += String(d)));
     pending.push(
-      new Response(theirs).text().then((text) => {
-        const events = text.split("\n\n").filter((e) => e.startsWith("data: {"));
-        chunks.set(key, events.filter((e) => ((JSON.parse(e.slice(6)) as { choices: unknown[] }).choices ?? []).length > 0).length);
-      }),
+      new Promise<void>((resolve) =>
+        res.once("end", () => {
+          const events = text.split("\n\n").filter((e) => e.startsWith("data: {"));
+          chunks.set(key, events.filter((e) => ((JSON.parse(e.slice(6)) as { choices: unknown[] }).choices ?? []).length > 0).length);
+          resolve();
+        }),
+      ),
     );
-    return new Response(mine, { status: res.status, headers: res.headers });
+    return res;
   };
   try {
     const value = await run();
     await Promise.all(pending);
     return { value, chunks };
   } finally {
-    globalThis.fetch = realFetch;
+    transport.post = realPost;
   }
 }
 

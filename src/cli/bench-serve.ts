@@ -19,6 +19,8 @@
  */
 import { type Command, InvalidArgumentError } from "commander";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -243,7 +245,10 @@ function describeFetchError(err: unknown): string {
 
 /** The message of an OpenAI-shaped error body, else the body's text. */
 async function errorText(res: Response): Promise<string> {
-  const text = await res.text().catch(() => "");
+  return errorMessage(await res.text().catch(() => ""), res.statusText);
+}
+
+function errorMessage(text: string, statusText: string): string {
   try {
     const body = JSON.parse(text) as { error?: { message?: string } | string; message?: string; detail?: string };
     const msg = typeof body.error === "string" ? body.error : (body.error?.message ?? body.message ?? body.detail);
@@ -251,7 +256,46 @@ async function errorText(res: Response): Promise<string> {
   } catch {
     // not JSON
   }
-  return text.slice(0, 500) || res.statusText;
+  return text.slice(0, 500) || statusText;
+}
+
+// Streams go over node:http, not fetch: with hundreds of concurrent SSE streams, fetch's web streams
+// cost the client as much CPU as the server spends serving them, and the client shares the machine.
+const agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) };
+
+/** POST `body` and resolve with the response once its headers arrive. */
+function postRequest(url: string, headers: Record<string, string>, body: string): Promise<IncomingMessage> {
+  const u = new URL(url);
+  const https = u.protocol === "https:";
+  return new Promise((resolve, reject) => {
+    const req = (https ? httpsRequest : httpRequest)(u, {
+      method: "POST",
+      headers: { ...headers, "content-length": String(Buffer.byteLength(body)) },
+      agent: https ? agents.https : agents.http,
+    });
+    req.once("response", resolve);
+    req.once("error", reject);
+    req.end(body);
+  });
+}
+
+/** How requests are sent (an object, so a test can watch what goes over it). */
+export const transport = { post: postRequest };
+
+/** All of a response body as text. */
+function readAll(res: IncomingMessage): Promise<string> {
+  res.setEncoding("utf8");
+  let text = "";
+  return new Promise((resolve) => {
+    res.on("data", (d: string) => (text += d));
+    res.once("end", () => resolve(text));
+    res.once("error", () => resolve(text));
+  });
+}
+
+function describeNetError(err: unknown): string {
+  const e = err as Error & { code?: string };
+  return e.code && !e.message.includes(e.code) ? `${e.message} (${e.code})` : String(e.message ?? err);
 }
 
 interface Client {
@@ -315,14 +359,13 @@ async function sendRequest(
   let chunks = 0;
   let usageTokens: number | undefined;
   let last = st;
-  let reader: ReadableStreamDefaultReader<string> | undefined;
+  let res: IncomingMessage | undefined;
   try {
-    const res = await fetch(url, { method: "POST", headers: c.headers, body: JSON.stringify(payload) });
-    if (!res.ok || !res.body) {
-      out.error = `HTTP ${res.status}: ${await errorText(res)}`;
+    res = await transport.post(url, c.headers, JSON.stringify(payload));
+    if (res.statusCode !== 200) {
+      out.error = `HTTP ${res.statusCode}: ${errorMessage(await readAll(res), res.statusMessage ?? "")}`;
       return out;
     }
-    reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = "";
     let done = false;
     const onData = (data: string) => {
@@ -361,18 +404,32 @@ async function sendRequest(
       }
       if (event.usage && typeof event.usage.completion_tokens === "number") usageTokens = event.usage.completion_tokens;
     };
-    while (!done) {
-      const r = await reader.read();
-      if (r.done) break;
-      buf += r.value;
-      let nl: number;
-      while (!done && (nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl).replace(/\r$/, "");
-        buf = buf.slice(nl + 1);
-        if (line.startsWith("data:")) onData(line.slice(5).trimStart());
-      }
-    }
-    if (done) void reader.cancel().catch(() => {});
+    const body = res;
+    body.setEncoding("utf8");
+    await new Promise<void>((resolve, reject) => {
+      body.on("data", (chunk: string) => {
+        if (done) return;
+        buf += chunk;
+        let start = 0;
+        let nl: number;
+        try {
+          while (!done && (nl = buf.indexOf("\n", start)) >= 0) {
+            const end = nl > start && buf.charCodeAt(nl - 1) === 13 ? nl - 1 : nl;
+            if (buf.startsWith("data:", start)) onData(buf.slice(start + 5, end).trimStart());
+            start = nl + 1;
+          }
+        } catch (err) {
+          reject(err as Error);
+          return;
+        }
+        buf = buf.slice(start);
+        if (done) resolve();
+      });
+      body.once("end", () => resolve());
+      body.once("error", reject);
+      body.once("aborted", () => reject(new Error("the server closed the stream early")));
+    });
+    if (done) res.resume(); // drain the rest: the connection goes back to the agent
     out.latency = (performance.now() - st) / 1000;
     if (chunks === 0) {
       out.error = "the stream ended without a token: no chunk to time the first token by";
@@ -381,8 +438,8 @@ async function sendRequest(
     out.outputTokens = usageTokens ?? chunks;
     out.success = true;
   } catch (err) {
-    out.error = err instanceof Error && !(err instanceof TypeError) ? err.message : describeFetchError(err);
-    void reader?.cancel().catch(() => {});
+    out.error = (err as { code?: string }).code ? describeNetError(err) : (err as Error).message;
+    res?.destroy();
     out.latency = (performance.now() - st) / 1000;
   }
   return out;

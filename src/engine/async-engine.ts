@@ -195,18 +195,37 @@ export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
     return this.iterate(request.requestId, stream, signal, onAbort);
   }
 
-  private async *iterate(id: string, stream: Stream, signal: AbortSignal | undefined, onAbort: () => void): AsyncGenerator<RequestOutput> {
-    try {
-      for (;;) {
-        while (stream.queue.length > 0) yield stream.queue.shift()!;
-        if (stream.error) throw stream.error;
-        if (stream.done) return;
-        await new Promise<void>((resolve) => (stream.notify = resolve));
-      }
-    } finally {
+  /** The stream as an async iterator, written out by hand: one promise per output, not a generator's chain of them. */
+  private iterate(id: string, stream: Stream, signal: AbortSignal | undefined, onAbort: () => void): AsyncIterableIterator<RequestOutput> {
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
       signal?.removeEventListener("abort", onAbort);
       if (!stream.done) this.abort(id); // the consumer left early
-    }
+    };
+    const it: AsyncIterableIterator<RequestOutput> = {
+      next: (): Promise<IteratorResult<RequestOutput>> => {
+        if (closed) return Promise.resolve({ value: undefined, done: true });
+        if (stream.queue.length > 0) return Promise.resolve({ value: stream.queue.shift()!, done: false });
+        if (stream.error) {
+          const e = stream.error;
+          close();
+          return Promise.reject(e);
+        }
+        if (stream.done) {
+          close();
+          return Promise.resolve({ value: undefined, done: true });
+        }
+        return new Promise<void>((resolve) => (stream.notify = resolve)).then(() => it.next());
+      },
+      return: (): Promise<IteratorResult<RequestOutput>> => {
+        close();
+        return Promise.resolve({ value: undefined, done: true });
+      },
+      [Symbol.asyncIterator]: () => it,
+    };
+    return it;
   }
 
   /** Abort a request: its blocks return to the pool in the engine's next loop turn. */

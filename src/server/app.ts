@@ -24,7 +24,7 @@ import {
   type Logprobs,
   usage,
 } from "./openai-format.js";
-import { endEventStream, openEventStream, sendEvent } from "./sse.js";
+import { ChunkWriter, endEventStream, openEventStream, sendEvent } from "./sse.js";
 import {
   type ChatRequest,
   type CommonRequest,
@@ -297,7 +297,10 @@ export function buildApp(o: AppOptions): TokamakApp {
     samplings: SamplingParams[],
     prefix: string,
     ac: AbortController,
-  ): { id: string; streams: AsyncIterable<RequestOutput>[]; timings: Map<string, Timing>; arrival: number } {
+  ): { id: string; streams: AsyncIterable<RequestOutput>[]; timings: Map<number, Timing>; arrival: number } {
+    // A client that left while its prompt was tokenized gets nothing started for it.
+    if (ac.signal.aborted)
+      throw interruption(ac) ?? new ApiError(400, "the client closed the connection before the request started", "invalid_request_error");
     const id = `${prefix}-${randomUUID().replaceAll("-", "")}`;
     const streams = prompts.map((p, i) =>
       engine.generate({ requestId: prompts.length === 1 ? id : `${id}-${i}`, promptTokenIds: p, sampling: samplings[i]! }, ac.signal),
@@ -305,7 +308,7 @@ export function buildApp(o: AppOptions): TokamakApp {
     return { id, streams, timings: new Map(), arrival: now() };
   }
 
-  function observe(o2: RequestOutput, key: string, timings: Map<string, Timing>, arrival: number): void {
+  function observe(o2: RequestOutput, key: number, timings: Map<number, Timing>, arrival: number): void {
     const t = now();
     const tm = timings.get(key);
     if (!tm) {
@@ -328,6 +331,25 @@ export function buildApp(o: AppOptions): TokamakApp {
         outputTokens: o2.numOutputTokens,
       });
     }
+  }
+
+  /**
+   * The one loop over a request's outputs, streamed or not: every output of every prompt's stream as it
+   * arrives, timed for the metrics, with its choice index (prompt p's completion i is p·n + i).
+   */
+  async function forEachOutput(
+    launched: { streams: AsyncIterable<RequestOutput>[]; timings: Map<number, Timing>; arrival: number },
+    n: number,
+    fn: (index: number, prompt: number, out: RequestOutput) => void,
+  ): Promise<void> {
+    const { streams, timings, arrival } = launched;
+    const each = (p: number, out: RequestOutput) => {
+      const index = p * n + out.index;
+      observe(out, index, timings, arrival);
+      fn(index, p, out);
+    };
+    if (streams.length === 1) for await (const out of streams[0]!) each(0, out);
+    else for await (const [p, out] of merged(streams)) each(p, out);
   }
 
   /** Merge the prompt streams into one, tagging each output with its prompt's position. */
@@ -388,39 +410,30 @@ export function buildApp(o: AppOptions): TokamakApp {
     checkPrompt(prompt, "messages");
     const sampling = samplingFor(req, prompt.length, "messages");
     admit(sampling.n);
-    const { id, streams, timings, arrival } = launch([prompt], [sampling], "chatcmpl", ac);
+    const launched = launch([prompt], [sampling], "chatcmpl", ac);
+    const id = launched.id;
     const createdAt = Math.floor(Date.now() / 1000);
-    const base = { id, object: "chat.completion.chunk", created: createdAt, model: modelName };
     let completionTokens = 0;
     let cached = 0;
     if (req.stream) {
       const raw = openEventStream(reply);
-      const usageField = req.includeUsage ? { usage: null } : {};
+      const chunks = new ChunkWriter(raw, { id, object: "chat.completion.chunk", created: createdAt, model: modelName }, req.includeUsage);
       try {
-        for (let i = 0; i < sampling.n; i++) {
-          sendEvent(raw, {
-            ...base,
-            choices: [{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }],
-            ...usageField,
-          });
-        }
-        for await (const [, out] of merged(streams)) {
-          observe(out, `${out.index}`, timings, arrival);
+        for (let i = 0; i < sampling.n; i++)
+          chunks.choice({ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null });
+        await forEachOutput(launched, sampling.n, (index, _p, out) => {
           completionTokens += out.newTokenIds.length;
           cached = out.numCachedTokens;
           const lp = req.logprobs === null ? null : chatLogprobs(out.newLogprobs, out.newTokenIds);
-          if (out.newText === "" && !out.finished && lp === null) continue;
+          if (out.newText === "" && !out.finished && lp === null) return;
           const delta = out.newText === "" && out.finished ? {} : { content: out.newText };
-          const choice = {
-            index: out.index,
-            delta,
-            logprobs: lp,
-            finish_reason: out.finished ? out.finishReason : null,
-            ...(out.finished ? { stop_reason: out.stopReason } : {}),
-          };
-          sendEvent(raw, { ...base, choices: [choice], ...usageField });
-        }
-        if (req.includeUsage) sendEvent(raw, { ...base, choices: [], usage: usage(prompt.length, completionTokens, cached) });
+          chunks.choice(
+            out.finished
+              ? { index, delta, logprobs: lp, finish_reason: out.finishReason, stop_reason: out.stopReason }
+              : { index, delta, logprobs: lp, finish_reason: null },
+          );
+        });
+        if (req.includeUsage) chunks.usage(usage(prompt.length, completionTokens, cached));
         endEventStream(raw);
       } catch (err) {
         streamError(raw, interruption(ac) ?? err);
@@ -436,11 +449,10 @@ export function buildApp(o: AppOptions): TokamakApp {
       stopReason: null,
     }));
     try {
-      for await (const [, out] of merged(streams)) {
-        observe(out, `${out.index}`, timings, arrival);
-        accumulate(choices[out.index]!, out);
+      await forEachOutput(launched, sampling.n, (index, _p, out) => {
+        accumulate(choices[index]!, out);
         cached = out.numCachedTokens;
-      }
+      });
     } catch (err) {
       throw interruption(ac) ?? err;
     }
@@ -479,7 +491,8 @@ export function buildApp(o: AppOptions): TokamakApp {
     const samplings = prompts.map((p, i) => samplingFor(req, p.length, where(i)));
     const n = samplings[0]!.n;
     admit(prompts.length * n);
-    const { id, streams, timings, arrival } = launch(prompts, samplings, "cmpl", ac);
+    const launched = launch(prompts, samplings, "cmpl", ac);
+    const id = launched.id;
     const createdAt = Math.floor(Date.now() / 1000);
     const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
     const echoText = (i: number) =>
@@ -487,8 +500,7 @@ export function buildApp(o: AppOptions): TokamakApp {
     const cachedBy = new Map<number, number>();
     if (req.stream) {
       const raw = openEventStream(reply);
-      const base = { id, object: "text_completion", created: createdAt, model: modelName };
-      const usageField = req.includeUsage ? { usage: null } : {};
+      const chunks = new ChunkWriter(raw, { id, object: "text_completion", created: createdAt, model: modelName }, req.includeUsage);
       const offsets = new Map<number, number>();
       let completionTokens = 0;
       try {
@@ -496,33 +508,27 @@ export function buildApp(o: AppOptions): TokamakApp {
           for (let p = 0; p < prompts.length; p++)
             for (let i = 0; i < n; i++) {
               offsets.set(p * n + i, echoText(p).length);
-              sendEvent(raw, {
-                ...base,
-                choices: [{ index: p * n + i, text: echoText(p), logprobs: null, finish_reason: null }],
-                ...usageField,
-              });
+              chunks.choice({ index: p * n + i, text: echoText(p), logprobs: null, finish_reason: null });
             }
         }
-        for await (const [p, out] of merged(streams)) {
-          const index = p * n + out.index;
-          observe(out, `${index}`, timings, arrival);
+        await forEachOutput(launched, n, (index, p, out) => {
           completionTokens += out.newTokenIds.length;
           cachedBy.set(p, out.numCachedTokens);
-          const offset = offsets.get(index) ?? 0;
-          const lp = req.logprobs === null ? null : completionLogprobs(out.newLogprobs, out.newTokenIds, offset);
-          offsets.set(index, offset + out.newText.length);
-          if (out.newText === "" && !out.finished && lp === null) continue;
-          const choice = {
-            index,
-            text: out.newText,
-            logprobs: lp,
-            finish_reason: out.finished ? out.finishReason : null,
-            ...(out.finished ? { stop_reason: out.stopReason } : {}),
-          };
-          sendEvent(raw, { ...base, choices: [choice], ...usageField });
-        }
+          let lp = null;
+          if (req.logprobs !== null) {
+            const offset = offsets.get(index) ?? 0;
+            lp = completionLogprobs(out.newLogprobs, out.newTokenIds, offset);
+            offsets.set(index, offset + out.newText.length);
+          }
+          if (out.newText === "" && !out.finished && lp === null) return;
+          chunks.choice(
+            out.finished
+              ? { index, text: out.newText, logprobs: lp, finish_reason: out.finishReason, stop_reason: out.stopReason }
+              : { index, text: out.newText, logprobs: lp, finish_reason: null },
+          );
+        });
         const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
-        if (req.includeUsage) sendEvent(raw, { ...base, choices: [], usage: usage(promptTokens, completionTokens, cached) });
+        if (req.includeUsage) chunks.usage(usage(promptTokens, completionTokens, cached));
         endEventStream(raw);
       } catch (err) {
         streamError(raw, interruption(ac) ?? err);
@@ -534,12 +540,10 @@ export function buildApp(o: AppOptions): TokamakApp {
       for (let i = 0; i < n; i++)
         choices.push({ index: p * n + i, text: "", tokenIds: [], logprobs: [], finishReason: null, stopReason: null });
     try {
-      for await (const [p, out] of merged(streams)) {
-        const index = p * n + out.index;
-        observe(out, `${index}`, timings, arrival);
+      await forEachOutput(launched, n, (index, p, out) => {
         accumulate(choices[index]!, out);
         cachedBy.set(p, out.numCachedTokens);
-      }
+      });
     } catch (err) {
       throw interruption(ac) ?? err;
     }

@@ -25,3 +25,32 @@ export function sendEvent(raw: ServerResponse, data: unknown): void {
 export function endEventStream(raw: ServerResponse): void {
   if (!raw.writableEnded && !raw.destroyed) raw.end("data: [DONE]\n\n");
 }
+
+/**
+ * Chunks of one OpenAI stream: the envelope (id, object, created, model, and `usage: null` when usage is
+ * asked for) is serialized once, and each chunk writes only its choice into it.
+ */
+export class ChunkWriter {
+  private readonly head: string;
+  private readonly tail: string;
+
+  constructor(
+    private readonly raw: ServerResponse,
+    private readonly base: Record<string, unknown>,
+    includeUsage: boolean,
+  ) {
+    const envelope = JSON.stringify({ ...base, choices: [] });
+    this.head = `data: ${envelope.slice(0, -3)}[`; // up to `"choices":[`
+    this.tail = includeUsage ? '],"usage":null}\n\n' : "]}\n\n";
+  }
+
+  /** One chunk holding one choice. */
+  choice(choice: unknown): void {
+    if (!this.raw.writableEnded && !this.raw.destroyed) this.raw.write(this.head + JSON.stringify(choice) + this.tail);
+  }
+
+  /** The final usage chunk (no choices). */
+  usage(usage: unknown): void {
+    sendEvent(this.raw, { ...this.base, choices: [], usage });
+  }
+}
