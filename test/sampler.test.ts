@@ -213,3 +213,38 @@ describe("counter-based generator", () => {
     assert.equal(foldSeed(-(2 ** 63)), foldSeed(2 ** 63), "a negative seed is its 64-bit two's complement");
   });
 });
+
+describe("sampling op on the CPU backend (sample.wat over the activation arena)", () => {
+  it("gives exactly the JavaScript reference's tokens and logprobs, greedy and sampled, ties and masked rows included", async () => {
+    const { CpuBackend } = await import("../src/backend/cpu/cpu-backend.js");
+    const backend = new CpuBackend({ threads: 1 });
+    try {
+      const V = 1003; // not a multiple of 16: the scalar tails count
+      const R = 24;
+      const logits = backend.alloc([R, V], "f32", "activations", "test logits");
+      assert.ok((logits.storage as { wasm?: unknown }).wasm, "the arena is a wasm memory where SIMD is available");
+      const r = new Rng(17);
+      const data = new Float32Array(R * V);
+      for (let i = 0; i < data.length; i++) data[i] = Math.round((r.next() - 0.5) * 40) / 4; // many ties
+      for (let i = 0; i < V; i++) data[3 * V + i] = -Infinity; // a row with nothing allowed
+      data[5 * V + V - 1] = 99; // the maximum in the tail
+      data[6 * V] = 99; // ... and at the start
+      const makeRows = () =>
+        Array.from({ length: R }, (_, i) => ({
+          row: row(i % 3 === 0 ? { temperature: 0, logprobs: 2 } : { temperature: 0.7, topP: 0.9, topK: i % 2 ? 20 : 0, seed: i }, {
+            key: 500 + i,
+            prompt: [i, i + 1],
+          }),
+        }));
+      backend.write(logits, data);
+      const got = backend.sample(logits, makeRows());
+      const want = sampleRows(data.slice(), 0, V, V, makeRows());
+      assert.deepEqual([...got.tokens], [...want.tokens]);
+      assert.deepEqual(got.logprobs, want.logprobs);
+      assert.equal(got.tokens[5], V - 1);
+      assert.equal(got.tokens[6], 0);
+    } finally {
+      backend.dispose();
+    }
+  });
+});

@@ -6,10 +6,13 @@ import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
 import { ThreadPool } from "./pool.js";
 import type { SampleOutput, SampleRow } from "../sampling.js";
-import { sampleRows } from "./sample.js";
+import { type RowKernels, sampleRows } from "./sample.js";
+import { type LinearModule, wasmModule } from "./wasm-linear.js";
 
 interface CpuStorage extends Storage {
   readonly handle: SharedArrayBuffer;
+  /** The activation arena lives in a shared wasm memory, so sample.wat reads the logits where they are. */
+  readonly wasm?: WebAssembly.Memory;
   readonly f32: Float32Array;
   readonly u16: Uint16Array;
   readonly i32: Int32Array;
@@ -50,13 +53,15 @@ export class CpuBackend implements Backend {
         `CPU backend: "${label}" needs ${bytes} bytes in one buffer; a single buffer must stay under 4 GiB (lower the KV cache size or the batch limits)`,
       );
     }
-    const sab = new SharedArrayBuffer(bytes);
+    const wasm = tag === "activations" && sampleModule().module ? wasmMemory(bytes) : undefined;
+    const sab = wasm ? (wasm.buffer as unknown as SharedArrayBuffer) : new SharedArrayBuffer(bytes);
     const storage: CpuStorage = {
       id: this.ledger.newId(),
       bytes,
       tag,
       label,
       handle: sab,
+      wasm,
       f32: new Float32Array(sab),
       u16: new Uint16Array(sab),
       i32: new Int32Array(sab),
@@ -140,7 +145,8 @@ export class CpuBackend implements Backend {
     if (logits.dtype !== "f32" || logits.shape.length !== 2 || logits.strides[1] !== 1 || logits.shape[0]! < rows.length) {
       throw new Error(`sample: expected f32 logits [>= ${rows.length}, vocab] with contiguous rows, got ${logits}`);
     }
-    return sampleRows(st(logits).f32, logits.offset, logits.rowStride, logits.shape[1]!, rows);
+    const s = st(logits);
+    return sampleRows(s.f32, logits.offset, logits.rowStride, logits.shape[1]!, rows, s.wasm ? rowKernels(s.wasm) : undefined);
   }
 
   embedding(out: Tensor, ids: Tensor, table: Tensor): void {
@@ -324,6 +330,35 @@ export class CpuBackend implements Backend {
   dispose(): void {
     this.pool.dispose();
   }
+}
+
+/** A shared wasm memory of at least `bytes` (whole 64 KiB pages). */
+function wasmMemory(bytes: number): WebAssembly.Memory | undefined {
+  const pages = Math.max(1, Math.ceil(bytes / 65536));
+  if (pages > 65536) return undefined;
+  return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+}
+
+let sampleWasm: LinearModule | undefined;
+function sampleModule(): LinearModule {
+  sampleWasm ??= wasmModule("sample.wat");
+  return sampleWasm;
+}
+
+const kernelsByMemory = new WeakMap<WebAssembly.Memory, RowKernels>();
+
+/** sample.wat instantiated over `mem` (once per memory). */
+function rowKernels(mem: WebAssembly.Memory): RowKernels {
+  let k = kernelsByMemory.get(mem);
+  if (!k) {
+    const ex = new WebAssembly.Instance(sampleModule().module!, { env: { mem } }).exports as unknown as {
+      rowmax(p: number, n: number): number;
+      argmax(p: number, n: number): number;
+    };
+    k = { rowmax: (offset, n) => ex.rowmax(offset * 4, n), argmax: (offset, n) => ex.argmax(offset * 4, n) };
+    kernelsByMemory.set(mem, k);
+  }
+  return k;
 }
 
 function st(t: Tensor): CpuStorage {

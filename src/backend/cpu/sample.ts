@@ -27,11 +27,24 @@ function ensureScratch(n: number): void {
   keep = new Uint8Array(n);
 }
 
+/** Full-row passes done natively (sample.wat over the memory `data` lives in): element offset and count. */
+export interface RowKernels {
+  rowmax(offset: number, n: number): number;
+  argmax(offset: number, n: number): number;
+}
+
 /**
  * Sample one token per row of `data` (row r starts at offset + r · rowStride, `vocab` logits each).
  * The rows are modified (processors and masks are applied in place); their owner reads them no more.
  */
-export function sampleRows(data: Float32Array, offset: number, rowStride: number, vocab: number, rows: readonly SampleRow[]): SampleOutput {
+export function sampleRows(
+  data: Float32Array,
+  offset: number,
+  rowStride: number,
+  vocab: number,
+  rows: readonly SampleRow[],
+  kernels?: RowKernels,
+): SampleOutput {
   const tokens = new Int32Array(rows.length);
   const logprobs: (RowLogprobs | null)[] = new Array<RowLogprobs | null>(rows.length).fill(null);
   for (let r = 0; r < rows.length; r++) {
@@ -48,7 +61,13 @@ export function sampleRows(data: Float32Array, offset: number, rowStride: number
     }
     applyLogitsProcessors(x, row);
     if (mask) applyMask(x, mask);
-    const token = p.temperature < GREEDY_TEMPERATURE ? argmax(x) : sampleFromDistribution(x, row, uniform(p.key, row.numOutput));
+    const at = offset + r * rowStride;
+    const token =
+      p.temperature < GREEDY_TEMPERATURE
+        ? kernels
+          ? kernels.argmax(at, vocab)
+          : argmax(x)
+        : sampleFromDistribution(x, row, uniform(p.key, row.numOutput), kernels ? kernels.rowmax(at, vocab) : undefined);
     tokens[r] = token;
     if (p.logprobs !== null) logprobs[r] = { logprob: raw[token]! - lse, top };
   }
@@ -165,12 +184,12 @@ export function applyMask(x: Float32Array, mask: Uint32Array): void {
  * min-p (tokens under min_p times the best one's probability), sampled with draw `u`: the kept tokens are
  * walked in index order, so no full sort is ever needed and every backend walks them the same way.
  */
-function sampleFromDistribution(x: Float32Array, row: SamplingRow, u: number): number {
+function sampleFromDistribution(x: Float32Array, row: SamplingRow, u: number, rowMax?: number): number {
   const p = row.params;
   const V = x.length;
   const invT = 1 / p.temperature;
-  let m = -Infinity;
-  for (let i = 0; i < V; i++) if (x[i]! > m) m = x[i]!;
+  let m = rowMax ?? -Infinity;
+  if (rowMax === undefined) for (let i = 0; i < V; i++) if (x[i]! > m) m = x[i]!;
   if (m === -Infinity) return 0;
   ensureScratch(V);
   const floor = m - CUTOFF_NATS * p.temperature;

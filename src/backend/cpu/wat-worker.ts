@@ -8,9 +8,12 @@ const { name, source, signal, port } = workerData as { name: string; source: str
 try {
   // Imported here, not statically, so that a missing package is reported like any other error.
   const wabt = (await import("wabt")).default;
-  const mod = (await wabt()).parseWat(name, source, { simd: true });
+  // threads: sample.wat imports the shared memory the CPU backend keeps its activations in.
+  const features = { simd: true, threads: true };
+  const mod = (await wabt()).parseWat(name, source, features);
   try {
-    mod.validate();
+    // The typings omit validate's features argument, which wabt.js takes (and needs for shared memories).
+    (mod.validate as (f: typeof features) => void)(features);
     port.postMessage({ bytes: mod.toBinary({}).buffer });
   } finally {
     mod.destroy();
