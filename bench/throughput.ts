@@ -54,7 +54,7 @@ try {
   const inputTokens = work.reduce((n, w) => n + w.prompt.length, 0);
   const result = {
     model: modelDir,
-    backend: `${llm.backend.name} (${"threads" in llm.backend ? llm.backend.threads : 1} threads)`,
+    backend: `${llm.backend.name} (${llm.backend.capabilities.threads} threads)`,
     numSeqs,
     input,
     output,

@@ -14,7 +14,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { getLlama, LlamaLogLevel, type Token } from "node-llama-cpp";
-import { convertHfToGguf } from "../src/formats/hf-to-gguf.js";
+import { convertHfToGguf } from "../src/convert/hf-to-gguf.js";
 import { Tokenizer } from "../src/tokenizer/tokenizer.js";
 import { writeTinyModel } from "../test/helpers/tiny-model.js";
 import { flag, machine, numFlag, REPO_ROOT, rng, saveResult } from "./common.js";

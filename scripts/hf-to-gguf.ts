@@ -5,7 +5,7 @@
  */
 import { statSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { convertHfToGguf, type GgufOutType } from "../src/formats/hf-to-gguf.js";
+import { convertHfToGguf, type GgufOutType } from "../src/convert/hf-to-gguf.js";
 
 const USAGE = "usage: hf-to-gguf <model-dir> <out.gguf> [--outtype f32|f16|bf16|auto] [--name NAME] [--pre LLAMA_CPP_PRE_TOKENIZER]";
 const OUT_TYPES: readonly GgufOutType[] = ["f32", "f16", "bf16", "auto"];

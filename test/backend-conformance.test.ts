@@ -440,7 +440,7 @@ function attentionCase(input: FloatDType, s: AttentionShape, seed: number): OpCa
             const z = ex.reduce((a, x) => a + x, 0);
             for (let p = 0; p <= pos; p++) {
               const vv = at(vc, i, p, kvh);
-              for (let e = 0; e < s.D; e++) out[t * HD + h * s.D + e] += (ex[p]! / z) * vv[e]!;
+              for (let e = 0; e < s.D; e++) out[t * HD + h * s.D + e] = out[t * HD + h * s.D + e]! + (ex[p]! / z) * vv[e]!;
             }
           }
         }

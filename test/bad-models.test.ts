@@ -7,7 +7,7 @@ import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
 import { LLM } from "../src/engine/llm.js";
-import { loadGenerationDefaults } from "../src/model/generation-config.js";
+import { loadGenerationDefaults } from "../src/engine/generation-config.js";
 import { type LoadModelOptions, loadModel } from "../src/model/load.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
 

@@ -180,7 +180,7 @@ function reference(c: Case, s: number): Float64Array {
       let z = 0;
       for (let p = 0; p < n; p++) z += sc[p] = Math.exp(sc[p]! - m);
       for (let p = 0; p < n; p++) {
-        for (let d = 0; d < D; d++) out[(j * Hq + h) * D + d] += (sc[p]! / z) * v[(p * Hkv + kvh) * D + d]!;
+        for (let d = 0; d < D; d++) out[(j * Hq + h) * D + d] = out[(j * Hq + h) * D + d]! + (sc[p]! / z) * v[(p * Hkv + kvh) * D + d]!;
       }
     }
   }

@@ -96,13 +96,17 @@ function gpuLike(totalBytes: number, freeBytes: number, heldBytes: number): Back
     allocations: [],
     device: { name: "gpu", totalBytes, freeBytes },
   };
-  return { name: "cuda", memoryReport: () => report } as unknown as Backend;
+  return {
+    name: "cuda",
+    capabilities: { hostMemory: false, anyWeightDType: false, threads: 1 },
+    memoryReport: () => report,
+  } as unknown as Backend;
 }
 
 describe("KV-cache budget", () => {
   const GiB = 2 ** 30;
   it("CPU: --kv-cache-memory or 4 GiB", () => {
-    const cpu = { name: "cpu" } as Backend;
+    const cpu = { name: "cpu", capabilities: { hostMemory: true, anyWeightDType: true, threads: 1 } } as Backend;
     assert.equal(kvCacheBudget(cpu, {}), DEFAULT_KV_CACHE_MEMORY);
     assert.equal(kvCacheBudget(cpu, { kvCacheMemory: GiB }), GiB);
   });

@@ -38,7 +38,7 @@ import {
   readGguf,
   writeGguf,
 } from "../src/formats/gguf.js";
-import { convertHfToGguf, type GgufOutType } from "../src/formats/hf-to-gguf.js";
+import { convertHfToGguf, type GgufOutType } from "../src/convert/hf-to-gguf.js";
 import { SafetensorsCheckpoint } from "../src/formats/safetensors.js";
 import { Tokenizer } from "../src/tokenizer/tokenizer.js";
 import { argmax, disposeLlamaCpp, LlamaCppOracle, llamaCppLogs } from "./helpers/llama-cpp-oracle.js";

@@ -49,7 +49,7 @@ function denseAttention(
       const e = scores.map((s) => Math.exp(s - m));
       const z = e.reduce((a, b) => a + b, 0);
       for (let p = 0; p <= pos; p++) {
-        for (let d = 0; d < D; d++) out[(j * Hq + h) * D + d] += (e[p]! / z) * values[(p * Hkv + kvh) * D + d]!;
+        for (let d = 0; d < D; d++) out[(j * Hq + h) * D + d] = out[(j * Hq + h) * D + d]! + (e[p]! / z) * values[(p * Hkv + kvh) * D + d]!;
       }
     }
   }

@@ -37,8 +37,19 @@ export interface RopeTable {
  * Activations are 2-D [tokens, features] (3-D [tokens, heads, headDim] for
  * attention) with a contiguous last dimension and any row stride.
  */
+/** What the engine and CLI ask a backend instead of checking its name. */
+export interface BackendCapabilities {
+  /** Its memory is the host's: the KV cache gets a fixed byte budget (--kv-cache-memory), not a share of a device's memory. */
+  readonly hostMemory: boolean;
+  /** Matrix products read weights in any stored float dtype; otherwise weights are converted to the activation dtype on load. */
+  readonly anyWeightDType: boolean;
+  /** Threads computing the ops (1 for a device backend's host side). */
+  readonly threads: number;
+}
+
 export interface Backend {
   readonly name: string;
+  readonly capabilities: BackendCapabilities;
   /** The dtype activations and the KV cache are kept in. */
   readonly activationDType: DType;
 

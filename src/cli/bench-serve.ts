@@ -728,11 +728,11 @@ export function formatSummary(r: BenchResult): string {
     const meanKey = `mean_${name}_ms` as const;
     if (!(meanKey in r)) continue;
     lines.push(centre(header, 50, "-"));
-    lines.push(row(`Mean ${label} (ms):`, r[meanKey], true));
-    lines.push(row(`Median ${label} (ms):`, r[`median_${name}_ms`], true));
+    lines.push(row(`Mean ${label} (ms):`, r[meanKey]!, true));
+    lines.push(row(`Median ${label} (ms):`, r[`median_${name}_ms`]!, true));
     for (const key of Object.keys(r)) {
       const p = new RegExp(`^p(.+)_${name}_ms$`).exec(key)?.[1];
-      if (p !== undefined) lines.push(row(`P${p} ${label} (ms):`, r[key as `${string}_ms`], true));
+      if (p !== undefined) lines.push(row(`P${p} ${label} (ms):`, r[key as `${string}_ms`]!, true));
     }
   }
   lines.push("=".repeat(50));

@@ -10,6 +10,7 @@ import { progressBar } from "./progress.js";
 import { type RunningServer, startServer, VERSION } from "../server/serve.js";
 import { registerPlan } from "./plan.js";
 import { registerBenchServe } from "./bench-serve.js";
+import { ENGINE_DEFAULTS } from "../defaults.js";
 
 const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -59,7 +60,7 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
     const gen = Generator.open(modelDir, backend, {
       maxModelLen: prompt.length + flags.maxTokens,
       // CUDA multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
-      dtype: backend.name === "cpu" ? dtype : backend.activationDType,
+      dtype: backend.capabilities.anyWeightDType ? dtype : backend.activationDType,
       onProgress: bar,
     });
     bar.end();
@@ -74,7 +75,7 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
     process.stderr.write(
       `prompt: ${prompt.length} tokens in ${result.promptMs.toFixed(0)} ms (${((prompt.length * 1000) / result.promptMs).toFixed(1)} tokens/s); ` +
         `generated: ${result.tokens.length} tokens, decode ${decodeSteps > 0 ? ((decodeSteps * 1000) / result.decodeMs).toFixed(2) : "-"} tokens/s ` +
-        `(backend ${backend.name}${"threads" in backend ? `, ${String(backend.threads)} threads` : ""}, finish: ${result.finishReason})\n`,
+        `(backend ${backend.name}, ${backend.capabilities.threads} threads, finish: ${result.finishReason})\n`,
     );
   } finally {
     backend.dispose();
@@ -93,6 +94,7 @@ interface ServeFlags {
   kvCacheMemory?: number;
   blockSize: number;
   enablePrefixCaching: boolean;
+  asyncScheduling: boolean;
   dtype: string;
   seed: number;
   generationConfig: string;
@@ -152,6 +154,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       gpuMemoryUtilization: flags.gpuMemoryUtilization,
       blockSize: flags.blockSize,
       enablePrefixCaching: flags.enablePrefixCaching,
+      asyncScheduling: flags.asyncScheduling,
       dtype: flags.dtype === "auto" ? undefined : parseDType(flags.dtype, "--dtype"),
       threads: flags.threads,
       ignoreGenerationConfig: flags.generationConfig === "vllm",
@@ -242,17 +245,19 @@ export function buildProgram(): Command {
     .option("--served-model-name <names...>", "model names clients may use (default: the folder name)")
     .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
     .option("--max-num-batched-tokens <n>", "tokens per engine step (default 8192)", intArg("--max-num-batched-tokens", 1))
-    .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), 256)
+    .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), ENGINE_DEFAULTS.maxNumSeqs)
     .option(
       "--gpu-memory-utilization <f>",
       "fraction of GPU memory to use (CUDA backend)",
       floatArg("--gpu-memory-utilization", 0.01, 1),
-      0.9,
+      ENGINE_DEFAULTS.gpuMemoryUtilization,
     )
     .option("--kv-cache-memory <bytes>", "KV cache size on CPU, e.g. 4GiB (default 4GiB)", parseBytes)
-    .option("--block-size <n>", "tokens per KV block", intArg("--block-size", 1), 16)
+    .option("--block-size <n>", "tokens per KV block", intArg("--block-size", 1), ENGINE_DEFAULTS.blockSize)
     .option("--enable-prefix-caching", "reuse KV blocks of shared prompt prefixes (default)", true)
     .option("--no-enable-prefix-caching", "turn prefix caching off")
+    .option("--async-scheduling", "schedule the next step while the device runs this one (default)", ENGINE_DEFAULTS.asyncScheduling)
+    .option("--no-async-scheduling", "schedule each step after the previous one has finished (for debugging; outputs are the same)")
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32", "auto")
     .option("--seed <s>", "engine seed for requests without one", intArg("--seed", 0), 0)
     .option("--generation-config <mode>", "auto: request defaults from generation_config.json; vllm: ignore it", "auto")

@@ -5,6 +5,7 @@ import { dirname, join } from "node:path";
 import { type DType, dtypeBytes, parseDType } from "../backend/dtype.js";
 import { type ModelConfig, parseConfig } from "../model/config.js";
 import { formatBytes, type MemoryPlan, type PlanOptions, planMemory } from "../model/memory-plan.js";
+import { ENGINE_DEFAULTS } from "../defaults.js";
 
 interface PlanFlags {
   gpus?: number;
@@ -44,14 +45,19 @@ export function registerPlan(
         if (!(f > 0 && f <= 1)) throw new InvalidArgumentError(`--gpu-memory-utilization must be in (0, 1], got "${v}"`);
         return f;
       },
-      0.9,
+      ENGINE_DEFAULTS.gpuMemoryUtilization,
     )
     .option("--dtype <dtype>", "weight dtype: auto (as stored), bfloat16, float16, float32", "auto")
     .option("--quantization <q>", "none, int8, fp8 or mxfp4 (what-if: serving quantized weights is not in this build yet)", "none")
     .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
-    .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), 256)
-    .option("--max-num-batched-tokens <n>", "tokens per engine step", intArg("--max-num-batched-tokens", 1), 8192)
-    .option("--block-size <n>", "tokens per KV block", intArg("--block-size", 1), 16)
+    .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), ENGINE_DEFAULTS.maxNumSeqs)
+    .option(
+      "--max-num-batched-tokens <n>",
+      "tokens per engine step",
+      intArg("--max-num-batched-tokens", 1),
+      ENGINE_DEFAULTS.maxNumBatchedTokens,
+    )
+    .option("--block-size <n>", "tokens per KV block", intArg("--block-size", 1), ENGINE_DEFAULTS.blockSize)
     .option("--kv-cache-memory <bytes>", "KV cache size on CPU (default 4GiB)", parseBytes)
     .option("--json", "print the plan as JSON", false)
     .action((model: string, flags: PlanFlags) => planCommand(model, flags));

@@ -10,13 +10,14 @@ import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import type { MemoryReport } from "../backend/allocator.js";
 import { describeSelection } from "../backend/create-backend.js";
 import { loadConfig } from "../model/config.js";
-import { loadGenerationDefaults } from "../model/generation-config.js";
+import { loadGenerationDefaults } from "./generation-config.js";
 import { kvBytesPerToken } from "../model/llama.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { EngineCore, type EngineConfig, StepFailedError } from "./engine-core.js";
 import { NullExecutor } from "./null-executor.js";
 import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from "./engine-protocol.js";
 import { LLM } from "./llm.js";
+import { ENGINE_DEFAULTS, mergeEosTokenIds } from "../defaults.js";
 
 if (!parentPort) throw new Error("engine-worker.js runs as a worker thread; use AsyncEngine.start()");
 const port: MessagePort = parentPort;
@@ -54,7 +55,7 @@ function openModel(init: WorkerInit): Session {
       config: llm.core.config,
       backend: llm.backend.name,
       device: llm.deviceSelection ? describeSelection(init.options.device ?? "auto", llm.deviceSelection) : llm.backend.name,
-      threads: "threads" in llm.backend ? (llm.backend.threads as number) : 1,
+      threads: llm.backend.capabilities.threads,
       kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend),
       weightBytes: memory.byTag.weights,
       arena: { bytes: llm.loaded.model.arenaPlan.totalBytes, unsharedBytes: llm.loaded.model.arenaPlan.unsharedBytes },
@@ -70,18 +71,19 @@ function openStub(init: WorkerInit): Session {
   const tokenizer = Tokenizer.fromDir(init.modelDir);
   const gen = loadGenerationDefaults(init.modelDir, { ignoreSampling: o.ignoreGenerationConfig });
   const maxModelLen = o.maxModelLen ?? config.maxPositionEmbeddings;
-  const maxNumSeqs = o.maxNumSeqs ?? 256;
+  const maxNumSeqs = o.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
+  const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
   const engineConfig: EngineConfig = {
-    blockSize: o.blockSize ?? 16,
-    numBlocks: o.numBlocks ?? Math.ceil(maxModelLen / (o.blockSize ?? 16)) * 4 + maxNumSeqs * 64,
-    enablePrefixCaching: o.enablePrefixCaching ?? true,
-    maxNumBatchedTokens: o.maxNumBatchedTokens ?? 8192,
+    blockSize,
+    numBlocks: o.numBlocks ?? Math.ceil(maxModelLen / blockSize) * 4 + maxNumSeqs * 64,
+    enablePrefixCaching: o.enablePrefixCaching ?? ENGINE_DEFAULTS.enablePrefixCaching,
+    maxNumBatchedTokens: o.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens,
     maxNumSeqs,
     maxModelLen,
-    policy: o.policy ?? "fcfs",
-    asyncScheduling: o.asyncScheduling ?? true,
+    policy: o.policy ?? ENGINE_DEFAULTS.policy,
+    asyncScheduling: o.asyncScheduling ?? ENGINE_DEFAULTS.asyncScheduling,
   };
-  const eos = [...new Set([...tokenizer.eosTokenIds, ...gen.eosTokenIds, ...config.eosTokenIds])];
+  const eos = mergeEosTokenIds(tokenizer.eosTokenIds, gen.eosTokenIds, config.eosTokenIds);
   const core = new EngineCore(new NullExecutor(config.vocabSize), engineConfig, eos, tokenizer);
   if (o.seed !== undefined) core.seed(o.seed);
   return {

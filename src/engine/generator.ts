@@ -6,6 +6,7 @@ import { type LoadModelOptions, loadModel, type LoadedModel } from "../model/loa
 import { ModelRunner } from "./model-runner.js";
 import { resolveSamplingParams, samplingRowParams, type SamplingParams } from "./sampling-params.js";
 import type { StepInput } from "./step.js";
+import { ENGINE_DEFAULTS } from "../defaults.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -52,7 +53,7 @@ export class Generator {
 
   static open(modelDir: string, backend: Backend, opts: GeneratorOptions = {}): Generator {
     const loaded = loadModel(modelDir, backend, { maxNumSeqs: 1, ...opts });
-    return new Generator(loaded, backend, opts.blockSize ?? 16);
+    return new Generator(loaded, backend, opts.blockSize ?? ENGINE_DEFAULTS.blockSize);
   }
 
   /** Return every allocation (weights, KV cache, activations) to the backend. */

@@ -4,7 +4,7 @@ import type { Backend } from "../backend/backend.js";
 import { createBackend } from "../backend/create-backend.js";
 import type { DeviceRequest, DeviceSelection } from "../backend/cuda/device.js";
 import type { DType } from "../backend/dtype.js";
-import { loadGenerationDefaults } from "../model/generation-config.js";
+import { loadGenerationDefaults } from "./generation-config.js";
 import { loadConfig } from "../model/config.js";
 import { kvBytesPerToken } from "../model/llama.js";
 import { loadModel, type LoadedModel } from "../model/load.js";
@@ -14,6 +14,7 @@ import { ModelRunner } from "./model-runner.js";
 import type { FinishReason } from "./request.js";
 import type { TokenLogprob } from "../backend/sampling.js";
 import { resolveSamplingParams, type SamplingParams } from "./sampling-params.js";
+import { ENGINE_DEFAULTS, mergeEosTokenIds } from "../defaults.js";
 
 export interface EngineOptions {
   maxModelLen?: number;
@@ -42,8 +43,8 @@ export interface EngineOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-export const DEFAULT_KV_CACHE_MEMORY = 4 * 2 ** 30;
-export const DEFAULT_GPU_MEMORY_UTILIZATION = 0.9;
+export const DEFAULT_KV_CACHE_MEMORY = ENGINE_DEFAULTS.cpuKvCacheBytes;
+export const DEFAULT_GPU_MEMORY_UTILIZATION = ENGINE_DEFAULTS.gpuMemoryUtilization;
 
 /**
  * Bytes for the KV cache. On CPU a fixed size (--kv-cache-memory, default 4 GiB, like vLLM's
@@ -52,7 +53,7 @@ export const DEFAULT_GPU_MEMORY_UTILIZATION = 0.9;
  * planned for the largest step, workspace), which `tokamak plan` computes the same way.
  */
 export function kvCacheBudget(backend: Backend, o: EngineOptions): number {
-  if (o.kvCacheMemory !== undefined || backend.name === "cpu") return o.kvCacheMemory ?? DEFAULT_KV_CACHE_MEMORY;
+  if (o.kvCacheMemory !== undefined || backend.capabilities.hostMemory) return o.kvCacheMemory ?? DEFAULT_KV_CACHE_MEMORY;
   const util = o.gpuMemoryUtilization ?? DEFAULT_GPU_MEMORY_UTILIZATION;
   const report = backend.memoryReport();
   const held = report.stats.total;
@@ -75,16 +76,16 @@ export function kvCacheBudget(backend: Backend, o: EngineOptions): number {
  * Undefined on a GPU sized by utilization: that budget is what remains after loading.
  */
 function kvCacheTokensBeforeLoad(modelDir: string, backend: Backend, o: EngineOptions): number | undefined {
-  const blockSize = o.blockSize ?? 16;
+  const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
   if (o.numBlocks !== undefined) return o.numBlocks * blockSize;
-  if (o.kvCacheMemory === undefined && backend.name !== "cpu") return undefined;
+  if (o.kvCacheMemory === undefined && !backend.capabilities.hostMemory) return undefined;
   const perBlock = blockSize * kvBytesPerToken(loadConfig(modelDir), backend);
   return Math.floor(kvCacheBudget(backend, o) / perBlock) * blockSize;
 }
 
 /** The engine's resolved settings, vLLM's defaults where not given. */
 export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: EngineOptions): EngineConfig {
-  const blockSize = o.blockSize ?? 16;
+  const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
   const perBlock = blockSize * kvBytesPerToken(loaded.config, backend);
   const numBlocks = o.numBlocks ?? Math.floor(kvCacheBudget(backend, o) / perBlock);
   const maxModelLen = loaded.maxModelLen;
@@ -98,12 +99,12 @@ export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: En
   return {
     blockSize,
     numBlocks,
-    enablePrefixCaching: o.enablePrefixCaching ?? true,
-    maxNumBatchedTokens: o.maxNumBatchedTokens ?? 8192,
-    maxNumSeqs: o.maxNumSeqs ?? 256,
+    enablePrefixCaching: o.enablePrefixCaching ?? ENGINE_DEFAULTS.enablePrefixCaching,
+    maxNumBatchedTokens: o.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens,
+    maxNumSeqs: o.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs,
     maxModelLen,
-    policy: o.policy ?? "fcfs",
-    asyncScheduling: o.asyncScheduling ?? true,
+    policy: o.policy ?? ENGINE_DEFAULTS.policy,
+    asyncScheduling: o.asyncScheduling ?? ENGINE_DEFAULTS.asyncScheduling,
   };
 }
 
@@ -157,8 +158,8 @@ export class LLM {
         modelDType: loadConfig(modelDir).torchDtype,
       });
       try {
-        // CUDA multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
-        const llm = LLM.open(modelDir, own.name === "cpu" ? opts : { ...opts, dtype: own.activationDType }, own);
+        // A device backend multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
+        const llm = LLM.open(modelDir, own.capabilities.anyWeightDType ? opts : { ...opts, dtype: own.activationDType }, own);
         llm.ownsBackend = true;
         llm.deviceSelection = selection;
         return llm;
@@ -167,14 +168,14 @@ export class LLM {
         throw err;
       }
     }
-    const maxNumBatchedTokens = opts.maxNumBatchedTokens ?? 8192;
+    const maxNumBatchedTokens = opts.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
     // Read before the weights: a bad generation_config.json fails in a moment, not after a long load.
     const gen = loadGenerationDefaults(modelDir, { ignoreSampling: opts.ignoreGenerationConfig });
     const loaded = loadModel(modelDir, backend, {
       maxModelLen: opts.maxModelLen,
       kvCacheTokens: kvCacheTokensBeforeLoad(modelDir, backend, opts),
       maxNumTokens: maxNumBatchedTokens,
-      maxNumSeqs: opts.maxNumSeqs ?? 256,
+      maxNumSeqs: opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs,
       dtype: opts.dtype,
       onProgress: opts.onProgress,
     });
@@ -182,7 +183,7 @@ export class LLM {
     try {
       const config = resolveEngineConfig(loaded, backend, { ...opts, maxNumBatchedTokens });
       const tokenizer = existsSync(join(modelDir, "tokenizer.json")) ? Tokenizer.fromDir(modelDir) : null;
-      const eos = [...new Set([...(tokenizer?.eosTokenIds ?? []), ...gen.eosTokenIds, ...loaded.config.eosTokenIds])];
+      const eos = mergeEosTokenIds(tokenizer?.eosTokenIds, gen.eosTokenIds, loaded.config.eosTokenIds);
       runner = new ModelRunner(loaded.model, { numBlocks: config.numBlocks, blockSize: config.blockSize, maxModelLen: loaded.maxModelLen });
       const llm = new LLM(backend, loaded, runner, tokenizer, opts.ignoreGenerationConfig ? {} : gen.sampling, config, eos);
       if (opts.seed !== undefined) llm.core.seed(opts.seed);

@@ -6,6 +6,7 @@ import { LlamaModel, type ModelLimits, planActivations } from "./llama.js";
 import { formatBytes, kvBytesPerTokenOf, ropeTableBytes } from "./memory-plan.js";
 import { buildRopeTable } from "./rope.js";
 import { checkConfigAgainstWeights, checkLlamaWeights, freeLlamaWeights, loadLlamaWeights, SafetensorsSource } from "./weights.js";
+import { ENGINE_DEFAULTS } from "../defaults.js";
 
 export interface LoadModelOptions {
   /** Longest context served; default: the model's max_position_embeddings. */
@@ -40,7 +41,10 @@ export interface LoadedModel {
 export function loadModel(modelDir: string, backend: Backend, opts: LoadModelOptions = {}): LoadedModel {
   const config = loadConfig(modelDir);
   const maxModelLen = resolveMaxModelLen(config, opts);
-  const limits: ModelLimits = { maxNumTokens: opts.maxNumTokens ?? Math.min(8192, maxModelLen), maxNumLogits: opts.maxNumSeqs ?? 256 };
+  const limits: ModelLimits = {
+    maxNumTokens: opts.maxNumTokens ?? Math.min(ENGINE_DEFAULTS.maxNumBatchedTokens, maxModelLen),
+    maxNumLogits: opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs,
+  };
   const source = new SafetensorsSource(modelDir);
   try {
     checkConfigAgainstWeights(config, source, join(modelDir, "config.json"));

@@ -8,6 +8,7 @@
 import { type DType, dtypeBytes } from "../backend/dtype.js";
 import type { ModelConfig } from "./config.js";
 import { planActivations } from "./llama.js";
+import { ENGINE_DEFAULTS } from "../defaults.js";
 
 export interface PlanOptions {
   /** Matrices' dtype (default: the checkpoint's torch_dtype, else bf16). */
@@ -118,9 +119,9 @@ export const DEFAULT_CPU_KV_CACHE_MEMORY = 4 * 2 ** 30;
 export function planMemory(c: ModelConfig, o: PlanOptions): MemoryPlan {
   let maxModelLen = o.maxModelLen ?? c.maxPositionEmbeddings;
   if (c.slidingWindow !== null && maxModelLen > c.slidingWindow) maxModelLen = c.slidingWindow;
-  const blockSize = o.blockSize ?? 16;
-  const maxNumSeqs = o.maxNumSeqs ?? 256;
-  const maxNumBatchedTokens = o.maxNumBatchedTokens ?? 8192;
+  const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
+  const maxNumSeqs = o.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs;
+  const maxNumBatchedTokens = o.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
   const weightDType = o.weightDType ?? c.torchDtype ?? "bf16";
   const act = o.activationDType;
   const w = weightAllocations(c, weightDType, act, maxModelLen);

@@ -1,6 +1,7 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { mergeEosTokenIds } from "../defaults.js";
 import { checkRegularFile, readJsonFile } from "../formats/regular-file.js";
 import { type ChatMessage, ChatTemplateError, type ChatTemplateOptions, ChatTemplates } from "./chat-template.js";
 
@@ -132,7 +133,7 @@ export class Tokenizer {
     }
     this.bosTokenId = this.idOf(this.specialTokens.bos_token);
     const eos = this.idOf(this.specialTokens.eos_token);
-    this.eosTokenIds = [...new Set([...(eos === undefined ? [] : [eos]), ...files.generationEosIds])];
+    this.eosTokenIds = mergeEosTokenIds(eos === undefined ? [] : [eos], files.generationEosIds);
   }
 
   /** Load the tokenizer of a Hugging Face model folder. */

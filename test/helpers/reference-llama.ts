@@ -139,7 +139,7 @@ export class ReferenceLlama {
           const m = Math.max(...sc);
           const e = sc.map((v) => Math.exp(v - m));
           const z = e.reduce((a, b) => a + b, 0);
-          for (let s = 0; s <= t; s++) for (let i = 0; i < D; i++) out[hh * D + i] += (e[s]! / z) * vs[s]![kvh]![i]!;
+          for (let s = 0; s <= t; s++) for (let i = 0; i < D; i++) out[hh * D + i] = out[hh * D + i]! + (e[s]! / z) * vs[s]![kvh]![i]!;
         }
         return out;
       });

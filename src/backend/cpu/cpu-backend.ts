@@ -1,6 +1,6 @@
 import { cpus, freemem, totalmem } from "node:os";
 import { MemoryLedger, type MemoryReport, type MemoryStats } from "../allocator.js";
-import type { AttentionMetadata, Backend, RopeTable } from "../backend.js";
+import type { AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
 import { type DType, dtypeBytes, encodeFloats, f16ToF32Table } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
@@ -40,6 +40,10 @@ export class CpuBackend implements Backend {
 
   get threads(): number {
     return this.pool.threads;
+  }
+
+  get capabilities(): BackendCapabilities {
+    return { hostMemory: true, anyWeightDType: true, threads: this.pool.threads };
   }
 
   // ---------------------------------------------------------------- memory

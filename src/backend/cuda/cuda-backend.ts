@@ -22,7 +22,7 @@
 // backend reports it. The kernels write zeros (embedding, gatherRows) or skip the rotation
 // (RoPE) instead of reading out of bounds; the engine validates those values before a step.
 import { type MemoryReport, type MemoryStats } from "../allocator.js";
-import type { AttentionMetadata, Backend, RopeTable } from "../backend.js";
+import type { AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
 import { decodeFloats, type DType, dtypeBytes, encodeFloats } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { SampleOutput, SampleRow } from "../sampling.js";
@@ -100,6 +100,7 @@ interface CudaParts {
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
+  readonly capabilities: BackendCapabilities = { hostMemory: false, anyWeightDType: false, threads: 1 };
   readonly activationDType: DType;
   /** The GPU in use, as device selection described it. */
   readonly device: CudaDeviceSummary;

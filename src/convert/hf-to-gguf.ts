@@ -27,8 +27,8 @@ import {
   type GgufTensorToWrite,
   gv,
   writeGguf,
-} from "./gguf.js";
-import { FormatError, SafetensorsCheckpoint, type TensorInfo } from "./safetensors.js";
+} from "../formats/gguf.js";
+import { FormatError, SafetensorsCheckpoint, type TensorInfo } from "../formats/safetensors.js";
 
 export type GgufOutType = "f32" | "f16" | "bf16" | "auto";
 

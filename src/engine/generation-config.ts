@@ -1,8 +1,8 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
+import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "./sampling-params.js";
 import { readJsonFile } from "../formats/regular-file.js";
-import { ConfigError, tokenIdList } from "./config.js";
+import { ConfigError, tokenIdList } from "../model/config.js";
 
 export interface GenerationDefaults {
   /** Sampling defaults the model's authors chose (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens). */
