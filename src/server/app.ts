@@ -3,12 +3,9 @@
  * and counts; it never touches tensors: requests go to the engine thread
  * through the AsyncEngine.
  */
-import { randomUUID } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { type AsyncEngine, EngineDeadError, EngineRequestError } from "../engine/async-engine.js";
-import type { RequestOutput } from "../engine/engine-core.js";
-import type { TokenLogprob } from "../backend/sampling.js";
 import { resolveSamplingParams, type SamplingParams, SamplingParamsError } from "../engine/sampling-params.js";
 import { ChatTemplateError } from "../tokenizer/chat-template.js";
 import type { Tokenizer } from "../tokenizer/tokenizer.js";
@@ -18,22 +15,11 @@ import { ApiError, badParam } from "./errors.js";
 import { registerJsonParser } from "./json-body.js";
 import type { Metrics } from "./metrics.js";
 import { OffThreadTokenizer, TokenizerBusyError } from "./off-thread-tokenizer.js";
-import {
-  chatLogprobs as formatChatLogprobs,
-  completionLogprobs as formatCompletionLogprobs,
-  type Logprobs,
-  usage,
-} from "./openai-format.js";
-import { ChunkWriter, endEventStream, openEventStream, sendEvent } from "./sse.js";
-import {
-  type ChatRequest,
-  type CommonRequest,
-  type CompletionRequest,
-  parseChatRequest,
-  parseCompletionRequest,
-  parseDetokenizeRequest,
-  parseTokenizeRequest,
-} from "./protocol.js";
+import { chatLogprobs as formatChatLogprobs, completionLogprobs as formatCompletionLogprobs, type Logprobs } from "./openai-format.js";
+import { endEventStream, sendEvent } from "./sse.js";
+import { OutputStreams, SHUTDOWN } from "./output-streams.js";
+import { registerGenerateRoutes } from "./generate-routes.js";
+import { type ChatRequest, type CommonRequest, parseDetokenizeRequest, parseTokenizeRequest } from "./protocol.js";
 
 export interface AppOptions {
   engine: AsyncEngine;
@@ -59,9 +45,6 @@ export interface AppOptions {
   logger?: boolean;
 }
 
-/** Why an engine request was aborted by the server itself (its own drain timeout), as opposed to the client leaving. */
-const SHUTDOWN = Symbol("shutdown");
-
 export interface TokamakApp {
   app: FastifyInstance;
   /** Stop taking requests (503), wait for in-flight ones up to `timeoutMs`, abort the rest. */
@@ -70,22 +53,9 @@ export interface TokamakApp {
   dispose(): Promise<void>;
 }
 
-interface Choice {
-  index: number;
-  text: string;
-  tokenIds: number[];
-  logprobs: { logprob: number; top?: TokenLogprob[] }[];
-  finishReason: string | null;
-  stopReason: number | string | null;
-}
-
-/** One sequence's timing, for the latency histograms. */
-interface Timing {
-  first: number;
-  last: number;
-}
-
 const now = () => performance.now();
+
+export { toApiError };
 
 export function buildApp(o: AppOptions): TokamakApp {
   const { engine, tokenizer, metrics } = o;
@@ -291,91 +261,7 @@ export function buildApp(o: AppOptions): TokamakApp {
     }
   }
 
-  /** Start every prompt's request in the engine; streams come back in prompt order. */
-  function launch(
-    prompts: number[][],
-    samplings: SamplingParams[],
-    prefix: string,
-    ac: AbortController,
-  ): { id: string; streams: AsyncIterable<RequestOutput>[]; timings: Map<number, Timing>; arrival: number } {
-    // A client that left while its prompt was tokenized gets nothing started for it.
-    if (ac.signal.aborted)
-      throw interruption(ac) ?? new ApiError(400, "the client closed the connection before the request started", "invalid_request_error");
-    const id = `${prefix}-${randomUUID().replaceAll("-", "")}`;
-    const streams = prompts.map((p, i) =>
-      engine.generate({ requestId: prompts.length === 1 ? id : `${id}-${i}`, promptTokenIds: p, sampling: samplings[i]! }, ac.signal),
-    );
-    return { id, streams, timings: new Map(), arrival: now() };
-  }
-
-  function observe(o2: RequestOutput, key: number, timings: Map<number, Timing>, arrival: number): void {
-    const t = now();
-    const tm = timings.get(key);
-    if (!tm) {
-      timings.set(key, { first: t, last: t });
-      if (o2.index === 0) metrics.observePrompt(o2.numPromptTokens);
-    } else {
-      metrics.observeInterToken((t - tm.last) / 1000);
-      itlWindow.add(t - tm.last, t);
-      tm.last = t;
-    }
-    if (o2.finished) {
-      const first = timings.get(key)!.first;
-      ttftWindow.add(first - arrival, t);
-      metrics.observeFinished({
-        reason: o2.finishReason ?? "stop",
-        ttft: (first - arrival) / 1000,
-        e2e: (t - arrival) / 1000,
-        queue: o2.queueMs === undefined ? undefined : o2.queueMs / 1000,
-        promptTokens: o2.numPromptTokens,
-        outputTokens: o2.numOutputTokens,
-      });
-    }
-  }
-
-  /**
-   * The one loop over a request's outputs, streamed or not: every output of every prompt's stream as it
-   * arrives, timed for the metrics, with its choice index (prompt p's completion i is p·n + i).
-   */
-  async function forEachOutput(
-    launched: { streams: AsyncIterable<RequestOutput>[]; timings: Map<number, Timing>; arrival: number },
-    n: number,
-    fn: (index: number, prompt: number, out: RequestOutput) => void,
-  ): Promise<void> {
-    const { streams, timings, arrival } = launched;
-    const each = (p: number, out: RequestOutput) => {
-      const index = p * n + out.index;
-      observe(out, index, timings, arrival);
-      fn(index, p, out);
-    };
-    if (streams.length === 1) for await (const out of streams[0]!) each(0, out);
-    else for await (const [p, out] of merged(streams)) each(p, out);
-  }
-
-  /** Merge the prompt streams into one, tagging each output with its prompt's position. */
-  async function* merged(streams: AsyncIterable<RequestOutput>[]): AsyncGenerator<[number, RequestOutput]> {
-    const its = streams.map((s) => s[Symbol.asyncIterator]());
-    const pending = new Map<number, Promise<[number, IteratorResult<RequestOutput>]>>();
-    const pull = (i: number) =>
-      pending.set(
-        i,
-        its[i]!.next().then((r) => [i, r] as [number, IteratorResult<RequestOutput>]),
-      );
-    its.forEach((_, i) => pull(i));
-    try {
-      while (pending.size > 0) {
-        const [i, r] = await Promise.race(pending.values());
-        if (r.done) {
-          pending.delete(i);
-          continue;
-        }
-        pull(i);
-        yield [i, r.value];
-      }
-    } finally {
-      for (const it of its) void it.return?.();
-    }
-  }
+  const outputs = new OutputStreams(engine, metrics, ttftWindow, itlWindow, interruption);
 
   /** Abort the engine requests when the client goes away before the response is complete. */
   function watchDisconnect(reply: FastifyReply, ac: AbortController): void {
@@ -399,177 +285,23 @@ export function buildApp(o: AppOptions): TokamakApp {
     endEventStream(raw);
   };
 
-  app.post("/v1/chat/completions", async (request: FastifyRequest, reply: FastifyReply) => {
-    // Watched from the start: a client that leaves while its prompt is tokenized must not leave a generation behind.
-    const ac = new AbortController();
-    watchDisconnect(reply, ac);
-    const req = parseChatRequest(request.body);
-    checkModel(req.model);
-    checkLogitBias(req);
-    const prompt = await encodeChat(req.messages, req);
-    checkPrompt(prompt, "messages");
-    const sampling = samplingFor(req, prompt.length, "messages");
-    admit(sampling.n);
-    const launched = launch([prompt], [sampling], "chatcmpl", ac);
-    const id = launched.id;
-    const createdAt = Math.floor(Date.now() / 1000);
-    let completionTokens = 0;
-    let cached = 0;
-    if (req.stream) {
-      const raw = openEventStream(reply);
-      const chunks = new ChunkWriter(raw, { id, object: "chat.completion.chunk", created: createdAt, model: modelName }, req.includeUsage);
-      try {
-        for (let i = 0; i < sampling.n; i++)
-          chunks.choice({ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null });
-        await forEachOutput(launched, sampling.n, (index, _p, out) => {
-          completionTokens += out.newTokenIds.length;
-          cached = out.numCachedTokens;
-          const lp = req.logprobs === null ? null : chatLogprobs(out.newLogprobs, out.newTokenIds);
-          if (out.newText === "" && !out.finished && lp === null) return;
-          const delta = out.newText === "" && out.finished ? {} : { content: out.newText };
-          chunks.choice(
-            out.finished
-              ? { index, delta, logprobs: lp, finish_reason: out.finishReason, stop_reason: out.stopReason }
-              : { index, delta, logprobs: lp, finish_reason: null },
-          );
-        });
-        if (req.includeUsage) chunks.usage(usage(prompt.length, completionTokens, cached));
-        endEventStream(raw);
-      } catch (err) {
-        streamError(raw, interruption(ac) ?? err);
-      }
-      return reply;
-    }
-    const choices: Choice[] = Array.from({ length: sampling.n }, (_, index) => ({
-      index,
-      text: "",
-      tokenIds: [],
-      logprobs: [],
-      finishReason: null,
-      stopReason: null,
-    }));
-    try {
-      await forEachOutput(launched, sampling.n, (index, _p, out) => {
-        accumulate(choices[index]!, out);
-        cached = out.numCachedTokens;
-      });
-    } catch (err) {
-      throw interruption(ac) ?? err;
-    }
-    completionTokens = choices.reduce((n, c) => n + c.tokenIds.length, 0);
-    return {
-      id,
-      object: "chat.completion",
-      created: createdAt,
-      model: modelName,
-      choices: choices.map((c) => ({
-        index: c.index,
-        message: { role: "assistant", content: c.text, tool_calls: [] },
-        logprobs: req.logprobs === null ? null : chatLogprobs(c.logprobs, c.tokenIds),
-        finish_reason: c.finishReason,
-        stop_reason: c.stopReason,
-      })),
-      usage: usage(prompt.length, completionTokens, cached),
-    };
-  });
-
-  app.post("/v1/completions", async (request: FastifyRequest, reply: FastifyReply) => {
-    const ac = new AbortController();
-    watchDisconnect(reply, ac);
-    const req: CompletionRequest = parseCompletionRequest(request.body);
-    checkModel(req.model);
-    checkLogitBias(req);
-    // Each prompt must fit alone; the batch's total size decides where it is tokenized.
-    const where = (i: number) => (req.prompts.length > 1 ? `prompt[${i}]` : "prompt");
-    req.prompts.forEach((p, i) => typeof p === "string" && boundChars(p.length, where(i)));
-    const encoded = await tokenize.encodeAll(
-      req.prompts.filter((p): p is string => typeof p === "string"),
-      true,
-    );
-    const prompts = req.prompts.map((p) => (typeof p === "string" ? encoded.shift()! : p));
-    prompts.forEach((ids, i) => checkPrompt(ids, where(i)));
-    const samplings = prompts.map((p, i) => samplingFor(req, p.length, where(i)));
-    const n = samplings[0]!.n;
-    admit(prompts.length * n);
-    const launched = launch(prompts, samplings, "cmpl", ac);
-    const id = launched.id;
-    const createdAt = Math.floor(Date.now() / 1000);
-    const promptTokens = prompts.reduce((s, p) => s + p.length, 0);
-    const echoText = (i: number) =>
-      req.echo ? (typeof req.prompts[i] === "string" ? (req.prompts[i] as string) : tokenizer.decode(prompts[i]!)) : "";
-    const cachedBy = new Map<number, number>();
-    if (req.stream) {
-      const raw = openEventStream(reply);
-      const chunks = new ChunkWriter(raw, { id, object: "text_completion", created: createdAt, model: modelName }, req.includeUsage);
-      const offsets = new Map<number, number>();
-      let completionTokens = 0;
-      try {
-        if (req.echo) {
-          for (let p = 0; p < prompts.length; p++)
-            for (let i = 0; i < n; i++) {
-              offsets.set(p * n + i, echoText(p).length);
-              chunks.choice({ index: p * n + i, text: echoText(p), logprobs: null, finish_reason: null });
-            }
-        }
-        await forEachOutput(launched, n, (index, p, out) => {
-          completionTokens += out.newTokenIds.length;
-          cachedBy.set(p, out.numCachedTokens);
-          let lp = null;
-          if (req.logprobs !== null) {
-            const offset = offsets.get(index) ?? 0;
-            lp = completionLogprobs(out.newLogprobs, out.newTokenIds, offset);
-            offsets.set(index, offset + out.newText.length);
-          }
-          if (out.newText === "" && !out.finished && lp === null) return;
-          chunks.choice(
-            out.finished
-              ? { index, text: out.newText, logprobs: lp, finish_reason: out.finishReason, stop_reason: out.stopReason }
-              : { index, text: out.newText, logprobs: lp, finish_reason: null },
-          );
-        });
-        const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
-        if (req.includeUsage) chunks.usage(usage(promptTokens, completionTokens, cached));
-        endEventStream(raw);
-      } catch (err) {
-        streamError(raw, interruption(ac) ?? err);
-      }
-      return reply;
-    }
-    const choices: Choice[] = [];
-    for (let p = 0; p < prompts.length; p++)
-      for (let i = 0; i < n; i++)
-        choices.push({ index: p * n + i, text: "", tokenIds: [], logprobs: [], finishReason: null, stopReason: null });
-    try {
-      await forEachOutput(launched, n, (index, p, out) => {
-        accumulate(choices[index]!, out);
-        cachedBy.set(p, out.numCachedTokens);
-      });
-    } catch (err) {
-      throw interruption(ac) ?? err;
-    }
-    const cached = [...cachedBy.values()].reduce((a, b) => a + b, 0);
-    return {
-      id,
-      object: "text_completion",
-      created: createdAt,
-      model: modelName,
-      choices: choices.map((c) => {
-        const p = Math.floor(c.index / n);
-        const echo = echoText(p);
-        return {
-          index: c.index,
-          text: echo + c.text,
-          logprobs: req.logprobs === null ? null : completionLogprobs(c.logprobs, c.tokenIds, echo.length),
-          finish_reason: c.finishReason,
-          stop_reason: c.stopReason,
-        };
-      }),
-      usage: usage(
-        promptTokens,
-        choices.reduce((s, c) => s + c.tokenIds.length, 0),
-        cached,
-      ),
-    };
+  registerGenerateRoutes(app, {
+    modelName,
+    tokenizer,
+    tokenize,
+    outputs,
+    boundChars,
+    encodeChat,
+    checkPrompt,
+    checkLogitBias,
+    checkModel,
+    admit,
+    samplingFor,
+    watchDisconnect,
+    interruption,
+    chatLogprobs,
+    completionLogprobs,
+    streamError,
   });
 
   /** The error a request cut by the server's own drain timeout ends with; undefined for anything else. */
@@ -615,16 +347,6 @@ function discardBody(req: FastifyRequest["raw"]): Promise<void> {
     req.once("error", () => resolve());
     req.resume();
   });
-}
-
-function accumulate(c: Choice, out: RequestOutput): void {
-  c.text += out.newText;
-  c.tokenIds.push(...out.newTokenIds);
-  c.logprobs.push(...out.newLogprobs);
-  if (out.finished) {
-    c.finishReason = out.finishReason;
-    c.stopReason = out.stopReason;
-  }
 }
 
 /** Any error → the status and OpenAI-shaped body a client should see (never a stack trace). */
