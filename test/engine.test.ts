@@ -134,6 +134,13 @@ describe("engine on a real model", () => {
           `batching should need far fewer steps, took ${s.steps}`,
         );
         assert.equal(s.numFreeBlocks, s.numBlocks, "every block is free once all requests end");
+        // The persistent batch: one packed input upload per step; block-table entries go up once each (again only when
+        // a row moves or re-enters), never the whole table per step.
+        const u = llm.runner.uploads;
+        assert.equal(u.steps, s.steps);
+        const tableWrites = u.writes - u.steps;
+        const blocksHeld = jobs.reduce((n, j) => n + Math.ceil((j.prompt.length + j.sampling.maxTokens!) / 16), 0);
+        assert.ok(tableWrites <= 1.5 * blocksHeld, `${tableWrites} block-table writes for ${blocksHeld} blocks held`);
       } finally {
         llm.close();
       }
