@@ -16,6 +16,7 @@ import { delimiter, dirname, join } from "node:path";
 import { describe, it } from "node:test";
 import {
   type KernelSpec,
+  type TemplateArgs,
   KERNELS,
   PAGED_ATTENTION,
   instantiations,
@@ -55,18 +56,33 @@ interface CppParam {
   elem?: string;
 }
 
-/** The launch bound and parameter list of every `__global__` function template in a source file, by name. */
-function kernelSignatures(source: string): Map<string, { maxThreads: number; params: CppParam[] }> {
-  const out = new Map<string, { maxThreads: number; params: CppParam[] }>();
-  const re = /__global__\s+void\s+(?:__launch_bounds__\((\d+)(?:,\s*\d+)?\)\s*)?(\w+)\s*\(([^)]*)\)/g;
+/**
+ * The launch bound and parameter list of every `__global__` function template in a source file, by name. The
+ * bound is a number, or the name of an int template parameter (`__launch_bounds__(BLOCK)`) resolved per instantiation.
+ */
+function kernelSignatures(source: string): Map<string, { maxThreads: number | string; params: CppParam[] }> {
+  const out = new Map<string, { maxThreads: number | string; params: CppParam[] }>();
+  const re = /__global__\s+void\s+(?:__launch_bounds__\((\w+)(?:,\s*\d+)?\)\s*)?(\w+)\s*\(([^)]*)\)/g;
   for (const m of source.matchAll(re)) {
     const params = m[3]!.split(",").map((p) => parseParam(p.trim()));
-    out.set(m[2]!, { maxThreads: m[1] ? Number(m[1]) : 1024, params });
+    out.set(m[2]!, { maxThreads: m[1] ? (/^\d+$/.test(m[1]) ? Number(m[1]) : m[1]) : 1024, params });
   }
   return out;
 }
 
-function signatureOf(spec: KernelSpec): { maxThreads: number; params: CppParam[] } {
+/** The launch bound of one instantiation. */
+function launchBound(spec: KernelSpec, bound: number | string, t: TemplateArgs): number {
+  if (typeof bound === "number") return bound;
+  const param = spec.templateParams.find((p) => p.name === bound);
+  assert.ok(param?.kind === "int", `${spec.name}: __launch_bounds__(${bound}) names no int template parameter`);
+  return Number(t[bound]);
+}
+
+/** Pointer element types besides the dtype template parameters. */
+const FIXED_ELEMS = new Set(["i32", "f32", "u32", "f64"]);
+const CPP_ELEM: Readonly<Record<string, string>> = { int: "i32", float: "f32", u32: "u32", double: "f64" };
+
+function signatureOf(spec: KernelSpec): { maxThreads: number | string; params: CppParam[] } {
   const sig = kernelSignatures(readFileSync(join(KERNEL_DIR, spec.file), "utf8")).get(spec.name.replace(/^tk::/, ""));
   assert.ok(sig, `${spec.name}: no __global__ function of that name in ${spec.file}`);
   return sig;
@@ -78,7 +94,7 @@ function parseParam(text: string): CppParam {
     .split(/\s+/)
     .filter((w) => w !== "" && w !== "const" && w !== "__restrict__");
   const name = words.pop()!.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
-  const base = words[0] === "int" ? "i32" : words[0] === "float" ? "f32" : words[0]!;
+  const base = CPP_ELEM[words[0]!] ?? words[0]!;
   if (words.includes("*")) return { name, type: "ptr", elem: base };
   if (base !== "i32" && base !== "f32") throw new Error(`unexpected kernel parameter type in "${text}"`);
   return { name, type: base };
@@ -118,7 +134,7 @@ describe("CUDA kernel sources", () => {
       assert.deepEqual(got, want, `${spec.name}: manifest arguments differ from the kernel's parameters in ${spec.file}`);
       const templateNames = new Set(spec.templateParams.map((p) => p.name));
       for (const a of spec.args) {
-        if (a.type === "ptr" && a.elem !== "i32" && a.elem !== "f32")
+        if (a.type === "ptr" && !FIXED_ELEMS.has(a.elem!))
           assert.ok(templateNames.has(a.elem!), `${spec.name}.${a.name}: element ${a.elem}`);
       }
       assert.ok(instantiations(spec).length > 0, `${spec.name}: no instantiations`);
@@ -148,9 +164,10 @@ describe("CUDA kernel sources", () => {
       for (const [sizes, t] of sizeSets.flatMap((s) => instantiations(spec).map((t) => [s, t] as const))) {
         const { grid, block, sharedBytes } = spec.launch(sizes, t);
         const threads = block[0] * block[1] * block[2];
+        const bound = launchBound(spec, maxThreads, t);
         assert.ok(
-          threads >= 32 && threads <= maxThreads && threads % 32 === 0,
-          `${nameExpression(spec, t)}: block ${block}, launch bound ${maxThreads}`,
+          threads >= 32 && threads <= bound && threads % 32 === 0,
+          `${nameExpression(spec, t)}: block ${block}, launch bound ${bound}`,
         );
         assert.ok(grid.every((g) => Number.isInteger(g) && g >= 1) && grid[1] <= 65535 && grid[2] <= 65535, `${spec.name}: grid ${grid}`);
         assert.equal(sharedBytes, 0);

@@ -39,7 +39,10 @@ export const ARG_BYTES: Readonly<Record<ArgType, number>> = { ptr: 8, i32: 4, f3
 export interface KernelArg {
   readonly name: string;
   readonly type: ArgType;
-  /** For pointers: the element type, either a dtype template parameter's name ("T", "W", "TO", "TI") or "i32"/"f32". */
+  /**
+   * For pointers: the element type, either a dtype template parameter's name ("T", "W", "TO", "TI") or
+   * "i32"/"f32", or "u32"/"f64" (32-bit unsigned words, doubles: the sampling kernels' masks, keys and parameters).
+   */
   readonly elem?: string;
   /** For pointers: 0 is allowed and means "absent". */
   readonly nullable?: boolean;
@@ -399,6 +402,154 @@ export const CAST: KernelSpec<"numRows" | "cols"> = {
   skip: (t) => t.TO === t.TI,
 };
 
+// ---------------------------------------------------------------- sampling (sampling.cu; see its header for the semantics)
+
+/** The CTA size template parameter of the sampling kernels (their launch bound). */
+const blockParam = (value: number): TemplateParam => ({
+  name: "BLOCK",
+  kind: "int",
+  values: [value],
+  doc: `threads per CTA and the launch bound; CI compiles ${value}, NVRTC accepts any multiple of 32 in [32, 1024]`,
+});
+/** One CTA per row (rows looped grid-stride), BLOCK threads. */
+const rowsLaunch = ({ numRows }: Readonly<Record<"numRows", number>>, t: TemplateArgs): LaunchConfig => ({
+  grid: [numRows, 1, 1],
+  block: [Number(t.BLOCK), 1, 1],
+  sharedBytes: 0,
+});
+const f64ptr = (name: string, doc: string, nullable = false) => ptr(name, "f64", doc, nullable);
+const LOGITS_ARGS: readonly KernelArg[] = [
+  ptr("logits", "f32", "[numRows, vocab] f32 logits"),
+  i32("logitsStride", "elements between logits rows"),
+];
+
+export const LOGITS_PROCESSORS: KernelSpec<"numRows"> = {
+  name: "tk::logits_processors_f32",
+  file: "sampling.cu",
+  doc:
+    "applyLogitsProcessors in place from CSR entries (one per token per row, merged on the host): " +
+    "v = f32(x + bias); v = f32(v > 0 ? v / rep : v · rep); v = f32((v − freq) − presence); ban → −inf. Bit-exact with the CPU.",
+  templateParams: [blockParam(128)],
+  args: [
+    ptr("logits", "f32", "[numRows, vocab] f32 logits, updated in place"),
+    i32("logitsStride", "elements between logits rows"),
+    ptr("rowStart", "i32", "[numRows + 1] CSR row offsets into the entry arrays"),
+    ptr("token", "i32", "[entries] token id of each entry (ids outside [0, vocab) are skipped)"),
+    f64ptr("bias", "[entries] logit bias (0: none)"),
+    f64ptr("rep", "[entries] repetition penalty for a prompt ∪ output token (1: none)"),
+    f64ptr("freq", "[entries] frequency_penalty · output count (0: none)"),
+    f64ptr("presence", "[entries] presence_penalty for an output token (0: none)"),
+    ptr("ban", "i32", "[entries] nonzero: min_tokens ban (−inf)"),
+    i32("vocab", "logits per row"),
+    i32("numRows", "rows"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block BLOCK; one CTA per row, its entries over the threads",
+  launch: rowsLaunch,
+};
+
+export const APPLY_TOKEN_MASK: KernelSpec<"numRows"> = {
+  name: "tk::apply_token_mask_f32",
+  file: "sampling.cu",
+  doc: "applyMask in place: a clear bit t % 32 of word t / 32 of the row's allowed-token mask writes −inf at t.",
+  templateParams: [blockParam(256)],
+  args: [
+    ptr("logits", "f32", "[numRows, vocab] f32 logits, updated in place"),
+    i32("logitsStride", "elements between logits rows"),
+    ptr("allowed", "u32", "[masks, maskStride] allowed-token bit masks"),
+    i32("maskStride", "words between mask rows (>= ceil(vocab / 32), which the host checks)"),
+    ptr("maskRow", "i32", "[numRows] mask row of each logits row, < 0: no mask; 0: row r uses mask row r", true),
+    i32("vocab", "logits per row"),
+    i32("numRows", "rows"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block BLOCK; one CTA per row",
+  launch: rowsLaunch,
+};
+
+export const ARGMAX_ROWS: KernelSpec<"numRows"> = {
+  name: "tk::argmax_rows_f32",
+  file: "sampling.cu",
+  doc: "Greedy rows: the first index of each row's maximum (NaN ignored; an all −inf row gives 0), argmax() of sample.ts.",
+  templateParams: [blockParam(1024)],
+  args: [
+    ptr("tokens", "i32", "[numRows] output token ids"),
+    ...LOGITS_ARGS,
+    f64ptr("temperature", "[numRows] per-row temperature: only rows below 1e-5 are done; 0: every row", true),
+    i32("vocab", "logits per row"),
+    i32("numRows", "rows"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block BLOCK; one CTA per row (block reduction over (value, index))",
+  launch: rowsLaunch,
+};
+
+export const SAMPLE_ROWS: KernelSpec<"numRows"> = {
+  name: "tk::sample_rows_f32",
+  file: "sampling.cu",
+  doc:
+    "Temperature sampling with top-k, top-p and min-p and one Philox2x32-10 draw per row, sampleFromDistribution of sample.ts; " +
+    "rows with temperature < 1e-5 are skipped (argmax_rows_f32's).",
+  templateParams: [blockParam(512)],
+  args: [
+    ptr("tokens", "i32", "[numRows] output token ids (greedy rows untouched)"),
+    ...LOGITS_ARGS,
+    f64ptr("temperature", "[numRows] temperature"),
+    ptr("topK", "i32", "[numRows] top-k (0: none)"),
+    f64ptr("topP", "[numRows] top-p (1: none)"),
+    f64ptr("minP", "[numRows] min-p (0: none)"),
+    ptr("key", "u32", "[numRows] the request's 32-bit Philox key"),
+    ptr("counter", "u32", "[numRows] the draw's counter: the row's numOutput"),
+    i32("vocab", "logits per row"),
+    i32("numRows", "rows"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block BLOCK; one CTA per row; static shared 16·BLOCK + 5496 bytes (512: ~118-128 registers, no spills)",
+  launch: rowsLaunch,
+};
+
+export const ROW_LOGSUMEXP: KernelSpec<"numRows"> = {
+  name: "tk::row_logsumexp_f32",
+  file: "sampling.cu",
+  doc: "lse[r] = log Σ exp(x) of the raw logits in double (logSumExp of sample.ts); launch before the processors.",
+  templateParams: [blockParam(1024)],
+  args: [
+    f64ptr("lse", "[numRows] output log-sum-exp (f64)"),
+    ...LOGITS_ARGS,
+    ptr("numTop", "i32", "[numRows] logprobs asked (< 0: none, the row is skipped); 0: every row", true),
+    i32("vocab", "logits per row"),
+    i32("numRows", "rows"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block BLOCK; one CTA per row",
+  launch: rowsLaunch,
+};
+
+export const GATHER_LOGPROBS: KernelSpec<"numRows"> = {
+  name: "tk::gather_logprobs_f32",
+  file: "sampling.cu",
+  doc:
+    "The sampled token's logprob raw[token] − lse and the top-n (n = min(numTop, 20, vocab)) raw logprobs, best first, " +
+    "ties to the lower index (topKIndices of sample.ts); rows with numTop < 0 are skipped.",
+  templateParams: [blockParam(1024)],
+  args: [
+    f64ptr("logprob", "[numRows] output: the sampled token's logprob"),
+    ptr("topTokens", "i32", "[numRows, topStride] output: top-n token ids (−1 past the non-NaN logits)"),
+    f64ptr("topLogprobs", "[numRows, topStride] output: their logprobs"),
+    i32("topStride", "elements between top rows (>= the largest n)"),
+    ptr("raw", "f32", "[numRows, vocab] the logits before processors and mask (the logits themselves, or a copy)"),
+    i32("rawStride", "elements between raw rows"),
+    f64ptr("lse", "[numRows] row_logsumexp_f32's output"),
+    ptr("tokens", "i32", "[numRows] the sampled tokens"),
+    ptr("numTop", "i32", "[numRows] logprobs asked (< 0: none)"),
+    i32("vocab", "logits per row"),
+    i32("numRows", "rows"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block BLOCK; one CTA per row",
+  launch: rowsLaunch,
+};
+
 export const KERNELS: readonly KernelSpec[] = [
   EMBEDDING,
   GATHER_ROWS,
@@ -410,6 +561,12 @@ export const KERNELS: readonly KernelSpec[] = [
   SILU_AND_MUL,
   BIAS_ADD,
   CAST,
+  LOGITS_PROCESSORS,
+  APPLY_TOKEN_MASK,
+  ARGMAX_ROWS,
+  SAMPLE_ROWS,
+  ROW_LOGSUMEXP,
+  GATHER_LOGPROBS,
 ];
 
 // ---------------------------------------------------------------- attention planning
