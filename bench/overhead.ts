@@ -105,9 +105,9 @@ function fillLogits(x: Float32Array, seed: number): void {
     for (let k = 0; k < 8; k++) x[row * VOCAB + ((row * 7919 + k * 104729) % VOCAB)] = 14 - k;
 }
 
-/** ms per step of the CPU backend's sampling op over [batch, vocab] logits in its activation arena (best of `reps`, logits refilled between runs). */
+/** ms per step of the CPU backend's sampling op over [batch, vocab] logits where the model leaves them (a wasm memory) (best of `reps`, logits refilled between runs). */
 function samplingOpMs(batch: number, reps: number): number {
-  const logits = backend.alloc([batch, VOCAB], "f32", "activations", "bench logits");
+  const logits = backend.alloc([batch, VOCAB], "f32", "activations", "bench logits", { samplingInput: true });
   const fresh = new Float32Array(batch * VOCAB);
   fillLogits(fresh, batch);
   const rows = Array.from({ length: batch }, (_, i) => ({

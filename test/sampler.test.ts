@@ -214,15 +214,15 @@ describe("counter-based generator", () => {
   });
 });
 
-describe("sampling op on the CPU backend (sample.wat over the activation arena)", () => {
+describe("sampling op on the CPU backend (sample.wat over the logits in a wasm memory)", () => {
   it("gives exactly the JavaScript reference's tokens and logprobs, greedy and sampled, ties and masked rows included", async () => {
     const { CpuBackend } = await import("../src/backend/cpu/cpu-backend.js");
     const backend = new CpuBackend({ threads: 1 });
     try {
       const V = 1003; // not a multiple of 16: the scalar tails count
       const R = 24;
-      const logits = backend.alloc([R, V], "f32", "activations", "test logits");
-      assert.ok((logits.storage as { wasm?: unknown }).wasm, "the arena is a wasm memory where SIMD is available");
+      const logits = backend.alloc([R, V], "f32", "activations", "test logits", { samplingInput: true });
+      assert.ok((logits.storage as { wasm?: unknown }).wasm, "the logits are a wasm memory where SIMD is available");
       const r = new Rng(17);
       const data = new Float32Array(R * V);
       for (let i = 0; i < data.length; i++) data[i] = Math.round((r.next() - 0.5) * 40) / 4; // many ties

@@ -37,6 +37,11 @@ export interface RopeTable {
  * Activations are 2-D [tokens, features] (3-D [tokens, heads, headDim] for
  * attention) with a contiguous last dimension and any row stride.
  */
+export interface AllocOptions {
+  /** The sampling op reads this tensor (the logits): place it where the backend's sampling kernels read it in place. */
+  samplingInput?: boolean;
+}
+
 /** What the engine and CLI ask a backend instead of checking its name. */
 export interface BackendCapabilities {
   /** Its memory is the host's: the KV cache gets a fixed byte budget (--kv-cache-memory), not a share of a device's memory. */
@@ -53,7 +58,7 @@ export interface Backend {
   /** The dtype activations and the KV cache are kept in. */
   readonly activationDType: DType;
 
-  alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string): Tensor;
+  alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string, opts?: AllocOptions): Tensor;
   free(storage: Storage): void;
   /** Copy raw bytes (already in the tensor's dtype) into a contiguous tensor. */
   writeBytes(dst: Tensor, bytes: Uint8Array): void;

@@ -87,21 +87,31 @@ export function activationShapes(config: ModelConfig, limits: ModelLimits): Reco
   };
 }
 
-/** The activation arena for these limits: what is allocated (with buffer reuse) and what it would be without. */
+/**
+ * The activations for these limits: what is allocated (with buffer reuse) and what it would be without.
+ * The logits live through the whole pass and never share, so they get their own allocation, which the
+ * sampling op reads in place (on the CPU, a wasm memory); the plan counts them after the shared arena.
+ */
 export function planActivations(config: ModelConfig, limits: ModelLimits, elementBytes: number): ArenaPlan {
-  const requests: BufferRequest[] = Object.entries(activationShapes(config, limits)).map(([name, [shape, first, last]]) => ({
+  const { logits, ...shared } = activationShapes(config, limits);
+  const requests: BufferRequest[] = Object.entries(shared).map(([name, [shape, first, last]]) => ({
     name,
     bytes: shape.reduce((a, b) => a * b, 1) * elementBytes,
     first,
     last,
   }));
-  return planArena(requests);
+  const arena = planArena(requests);
+  const logitsBytes = logits[0].reduce((a, b) => a * b, 1) * elementBytes;
+  const offsets = new Map(arena.offsets);
+  offsets.set("logits", arena.totalBytes);
+  return { offsets, totalBytes: arena.totalBytes + logitsBytes, unsharedBytes: arena.unsharedBytes + logitsBytes };
 }
 
 export class LlamaModel {
   readonly arenaPlan: ArenaPlan;
   private acts: Activations;
   private arena: Tensor;
+  private logits: Tensor;
   private readonly qkvDim: number;
   private readonly scale: number;
 
@@ -118,14 +128,22 @@ export class LlamaModel {
     const elt = dtypeBytes(backend.activationDType);
     const shapes = activationShapes(config, limits);
     this.arenaPlan = planActivations(config, limits, elt);
-    const arena = backend.alloc([this.arenaPlan.totalBytes / elt], backend.activationDType, "activations", "activation arena");
+    const logitsShape = shapes.logits[0];
+    const logitsElems = logitsShape.reduce((a, b) => a * b, 1);
+    const arena = backend.alloc(
+      [this.arenaPlan.totalBytes / elt - logitsElems],
+      backend.activationDType,
+      "activations",
+      "activation arena",
+    );
     this.arena = arena;
+    this.logits = backend.alloc(logitsShape, backend.activationDType, "activations", "logits", { samplingInput: true });
     const view = (name: string, shape: number[]) =>
-      new Tensor(arena.storage, backend.activationDType, shape, this.arenaPlan.offsets.get(name)! / elt);
+      name === "logits" ? this.logits : new Tensor(arena.storage, backend.activationDType, shape, this.arenaPlan.offsets.get(name)! / elt);
     this.acts = Object.fromEntries(Object.entries(shapes).map(([name, [shape]]) => [name, view(name, shape)])) as unknown as Activations;
   }
 
-  /** Runs the batch and returns logits [numLogits, vocab] (a view into the arena, valid until the next call). */
+  /** Runs the batch and returns logits [numLogits, vocab] (its own buffer, valid until the next call). */
   forward(batch: ForwardBatch, kv: KVCache): Tensor {
     const T = batch.numTokens;
     const S = batch.logitsIndices.numel;
@@ -163,7 +181,7 @@ export class LlamaModel {
 
   /** Free the weights, rotary tables and activation arena. */
   dispose(): void {
-    for (const t of [this.rope.cos, this.rope.sin, this.arena]) this.backend.free(t.storage);
+    for (const t of [this.rope.cos, this.rope.sin, this.arena, this.logits]) this.backend.free(t.storage);
     freeLlamaWeights(this.backend, this.weights);
   }
 

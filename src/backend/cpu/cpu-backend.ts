@@ -1,6 +1,6 @@
 import { cpus, freemem, totalmem } from "node:os";
 import { MemoryLedger, type MemoryReport, type MemoryStats } from "../allocator.js";
-import type { AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
+import type { AllocOptions, AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
 import { type DType, dtypeBytes, encodeFloats, f16ToF32Table } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
@@ -11,7 +11,7 @@ import { type LinearModule, wasmModule } from "./wasm-linear.js";
 
 interface CpuStorage extends Storage {
   readonly handle: SharedArrayBuffer;
-  /** The activation arena lives in a shared wasm memory, so sample.wat reads the logits where they are. */
+  /** The logits live in a shared wasm memory, so sample.wat reads them where they are. */
   readonly wasm?: WebAssembly.Memory;
   readonly f32: Float32Array;
   readonly u16: Uint16Array;
@@ -48,7 +48,7 @@ export class CpuBackend implements Backend {
 
   // ---------------------------------------------------------------- memory
 
-  alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string): Tensor {
+  alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string, opts: AllocOptions = {}): Tensor {
     const numel = shape.reduce((a, b) => a * b, 1);
     // Round up to 4 bytes so every storage can be viewed as f32/i32 too.
     const bytes = Math.ceil((numel * dtypeBytes(dtype)) / 4) * 4;
@@ -57,7 +57,8 @@ export class CpuBackend implements Backend {
         `CPU backend: "${label}" needs ${bytes} bytes in one buffer; a single buffer must stay under 4 GiB (lower the KV cache size or the batch limits)`,
       );
     }
-    const wasm = tag === "activations" && sampleModule().module ? wasmMemory(bytes) : undefined;
+    // Only the sampling input: a wasm memory's buffer costs more to post to the pool's threads than a plain one.
+    const wasm = opts.samplingInput && sampleModule().module ? wasmMemory(bytes) : undefined;
     const sab = wasm ? (wasm.buffer as unknown as SharedArrayBuffer) : new SharedArrayBuffer(bytes);
     const storage: CpuStorage = {
       id: this.ledger.newId(),

@@ -1,6 +1,7 @@
 ;; Full-vocabulary passes of the sampling op (sample.ts), 128-bit WebAssembly SIMD, over logits rows
-;; that live in this module's memory: the CPU backend places its activation arena, which holds the
-;; logits, in a shared WebAssembly.Memory and instantiates this module over it, so nothing is copied.
+;; that live in this module's memory: the CPU backend allocates the model's logits buffer (the one
+;; tensor allocated with samplingInput) as a shared WebAssembly.Memory and instantiates this module
+;; over it, so nothing is copied.
 ;;   rowmax  the largest of n f32 at byte address $p (-inf for n = 0)
 ;;   argmax  the index of the first occurrence of that largest value (0 for n = 0 or all -inf)
 ;; Both read the row once, with four independent f32x4 accumulators (no serial dependency between
