@@ -17,12 +17,15 @@ const CUTOFF_NATS = 40;
 export const GREEDY_TEMPERATURE = 1e-5;
 
 let candIdx = new Int32Array(0);
+/** The candidates' (processed) logits, beside their ids: the passes below read them without indirection. */
+let candV = new Float32Array(0);
 let candW = new Float64Array(0);
 let keep = new Uint8Array(0);
 
 function ensureScratch(n: number): void {
   if (candIdx.length >= n) return;
   candIdx = new Int32Array(n);
+  candV = new Float32Array(n);
   candW = new Float64Array(n);
   keep = new Uint8Array(n);
 }
@@ -194,13 +197,18 @@ function sampleFromDistribution(x: Float32Array, row: SamplingRow, u: number, ro
   ensureScratch(V);
   const floor = m - CUTOFF_NATS * p.temperature;
   let n = 0;
-  for (let i = 0; i < V; i++) if (x[i]! >= floor) candIdx[n++] = i;
-  for (let j = 0; j < n; j++) {
-    candW[j] = Math.exp((x[candIdx[j]!]! - m) * invT);
-    keep[j] = 1;
+  for (let i = 0; i < V; i++) {
+    const v = x[i]!;
+    if (v >= floor) {
+      candIdx[n] = i;
+      candV[n++] = v;
+    }
   }
-  if (p.topK > 0 && n > p.topK) keepBest(x, n, p.topK);
-  if (p.topP < 1) keepTopP(x, n, p.topP, m, invT);
+  keep.fill(1, 0, n);
+  // Top-k needs only the values: cut first, so exp (most of the cost) runs on k tokens, not every candidate.
+  if (p.topK > 0 && n > p.topK) keepBest(n, p.topK);
+  for (let j = 0; j < n; j++) candW[j] = keep[j] ? Math.exp((candV[j]! - m) * invT) : 0;
+  if (p.topP < 1) keepTopP(n, p.topP, m, invT);
   if (p.minP > 0) for (let j = 0; j < n; j++) if (candW[j]! < p.minP) keep[j] = 0; // the best token's weight is 1
   let total = 0;
   let last = -1;
@@ -220,18 +228,17 @@ function sampleFromDistribution(x: Float32Array, row: SamplingRow, u: number, ro
 }
 
 /** Keep only the k best kept candidates (by value, then lower index). */
-function keepBest(x: Float32Array, n: number, k: number): void {
-  const vals = new Float32Array(n);
-  let c = 0;
-  for (let j = 0; j < n; j++) if (keep[j]) vals[c++] = x[candIdx[j]!]!;
+function keepBest(n: number, k: number): void {
+  const vals = candV.slice(0, n); // every candidate is still kept when top-k runs
+  const c = n;
   if (c <= k) return;
   const kth = nthLargest(vals.subarray(0, c), k);
   let above = 0;
-  for (let j = 0; j < n; j++) if (keep[j] && x[candIdx[j]!]! > kth) above++;
+  for (let j = 0; j < n; j++) if (keep[j] && candV[j]! > kth) above++;
   let ties = k - above; // candidates equal to the k-th value: the lowest indices are kept
   for (let j = 0; j < n; j++) {
     if (!keep[j]) continue;
-    const v = x[candIdx[j]!]!;
+    const v = candV[j]!;
     if (v > kth) continue;
     if (v === kth && ties > 0) ties--;
     else keep[j] = 0;
@@ -272,11 +279,11 @@ const BUCKETS_PER_NAT = 16;
  * candidates are bucketed by how far below the best they are; only the bucket where the mass is reached
  * is sorted.
  */
-function keepTopP(x: Float32Array, n: number, topP: number, m: number, invT: number): void {
+function keepTopP(n: number, topP: number, m: number, invT: number): void {
   const nb = CUTOFF_NATS * BUCKETS_PER_NAT + 1;
   const sums = new Float64Array(nb);
   const counts = new Int32Array(nb + 1);
-  const bucketOf = (j: number) => Math.min(nb - 1, Math.floor((m - x[candIdx[j]!]!) * invT * BUCKETS_PER_NAT));
+  const bucketOf = (j: number) => Math.min(nb - 1, Math.floor((m - candV[j]!) * invT * BUCKETS_PER_NAT));
   let total = 0;
   for (let j = 0; j < n; j++) {
     if (!keep[j]) continue;
@@ -300,7 +307,7 @@ function keepTopP(x: Float32Array, n: number, topP: number, m: number, invT: num
       keep[j] = 0;
     }
   }
-  inCut.sort((a, b) => x[candIdx[b]!]! - x[candIdx[a]!]! || candIdx[a]! - candIdx[b]!);
+  inCut.sort((a, b) => candV[b]! - candV[a]! || candIdx[a]! - candIdx[b]!);
   for (const j of inCut) {
     if (acc >= goal) break;
     keep[j] = 1;
