@@ -18,7 +18,7 @@ import { CUBLAS_OP_N, CUBLAS_OP_T } from "../src/backend/cuda/ffi/cublaslt.js";
 import { addressAlignment, linearLayout } from "../src/backend/cuda/linear-gemm.js";
 import { decodeFloats, type DType, encodeFloats } from "../src/backend/dtype.js";
 import { Tensor } from "../src/backend/tensor.js";
-import { Rng } from "../src/backend/rng.js";
+import { randInt, randn, Rng, shuffle } from "./helpers/random.js";
 
 type FloatDType = "f32" | "f16" | "bf16";
 const FLOAT_DTYPES: readonly FloatDType[] = ["f32", "bf16", "f16"];
@@ -26,27 +26,6 @@ const FLOAT_DTYPES: readonly FloatDType[] = ["f32", "bf16", "f16"];
 const SENTINEL = -3.25;
 
 // ---------------------------------------------------------------- inputs
-
-function randn(rng: Rng, n: number, sd = 1): number[] {
-  const out = new Array<number>(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(rng.next(), 1e-12);
-    out[i] = sd * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
-  }
-  return out;
-}
-
-function randInt(rng: Rng, lo: number, hi: number): number {
-  return lo + Math.floor(rng.next() * (hi - lo));
-}
-
-function shuffle<T>(rng: Rng, a: T[]): T[] {
-  for (let i = a.length - 1; i > 0; i--) {
-    const j = randInt(rng, 0, i + 1);
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
 
 /** The values as `dtype` stores them, back in f64. */
 function roundTo(values: ArrayLike<number>, dtype: DType): Float64Array {

@@ -9,7 +9,7 @@ import { type AttentionArgs, attentionRange, Scratch } from "../src/backend/cpu/
 import { ThreadPool } from "../src/backend/cpu/pool.js";
 import { planAttention } from "../src/backend/cpu/wasm-attention.js";
 import { wasmModule } from "../src/backend/cpu/wasm-linear.js";
-import { Rng } from "../src/backend/rng.js";
+import { gaussian as randn, Rng } from "./helpers/random.js";
 
 const att = wasmModule("attention.wat");
 const pools = new Map<string, ThreadPool>();
@@ -56,11 +56,6 @@ const sharedI32 = (v: number[]) => {
   a.set(v);
   return a;
 };
-
-function randn(rng: Rng): number {
-  const u = Math.max(rng.next(), 1e-12);
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
-}
 
 function makeCase(rng: Rng, specs: SeqSpec[], Hq: number, Hkv: number, D: number, bs: number, scale: number): Case {
   const kvRow = Hkv * D;

@@ -10,7 +10,7 @@ import { type LinearArgs, linearRange, Scratch, type WeightKind } from "../src/b
 import { ThreadPool } from "../src/backend/cpu/pool.js";
 import { linearWasmModule } from "../src/backend/cpu/wasm-linear.js";
 import { f16ToF32Table, f32ToBf16Bits, f32ToF16Bits } from "../src/backend/dtype.js";
-import { Rng } from "../src/backend/rng.js";
+import { gaussian as randn, Rng } from "./helpers/random.js";
 
 const KINDS: readonly WeightKind[] = ["bf16", "f16", "f32"];
 
@@ -30,11 +30,6 @@ interface Problem {
   /** The same weights decoded, [N, K] dense. */
   wf: Float64Array;
   bias: Float32Array | null;
-}
-
-function randn(rng: Rng): number {
-  const u = Math.max(rng.next(), 1e-12);
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
 }
 
 function makeProblem(rng: Rng, kind: WeightKind, rows: number, K: number, N: number, pad: number, withBias: boolean): Problem {

@@ -11,6 +11,7 @@ import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
 import type { RequestOutput } from "../src/engine/engine-core.js";
 import { type EngineOptions, LLM } from "../src/engine/llm.js";
 import { resolveSamplingParams, type SamplingParams } from "../src/engine/sampling-params.js";
+import { seeded as rng } from "./helpers/random.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
 
 const VOCAB = 512;
@@ -23,18 +24,6 @@ after(() => {
   backend.dispose();
   rmSync(root, { recursive: true, force: true });
 });
-
-/** sfc-like small PRNG so workloads are reproducible. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 interface Job {
   id: string;
@@ -204,7 +193,7 @@ describe("engine on a real model", () => {
   it("aborts, in the queue or mid-generation, return every block the same step and lose no other request", async () => {
     const llm = open({ numBlocks: 24, maxNumSeqs: 8 });
     try {
-      const many = workload(24, 3, { maxOut: 30 });
+      const many = workload(24, 5, { maxOut: 30 });
       const abortAt = new Map(many.filter((_, i) => i % 3 === 0).map((j, k) => [j.id, j.arrival + (k % 4) * 3] as const));
       const res = await run(llm, many, { abortAt });
       for (const j of many) {

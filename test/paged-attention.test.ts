@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
-import { Rng } from "../src/backend/rng.js";
+import { randn as normals, Rng } from "./helpers/random.js";
+
+const randn = (rng: Rng, n: number) => Float32Array.from(normals(rng, n));
 
 const backend = new CpuBackend({ threads: 2 });
 after(() => backend.dispose());
@@ -11,15 +13,6 @@ interface SeqSpec {
   cached: number;
   /** New query tokens this step. */
   queries: number;
-}
-
-function randn(rng: Rng, n: number): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(rng.next(), 1e-12);
-    out[i] = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
-  }
-  return out;
 }
 
 /** Dense causal attention for one sequence: keys/values given position by position. */

@@ -12,6 +12,7 @@ import { HostLogitsExecutor } from "../src/engine/host-logits-executor.js";
 import { KVCacheManager } from "../src/engine/kv-cache-manager.js";
 import type { ScheduledSequence } from "../src/engine/step.js";
 import { resolveSamplingParams } from "../src/engine/sampling-params.js";
+import { seeded as rng } from "./helpers/random.js";
 
 const VOCAB = 97;
 const BLOCK = 4;
@@ -70,11 +71,6 @@ class KvCheckingExecutor extends HostLogitsExecutor {
   private slot(s: ScheduledSequence, pos: number): number {
     return s.blocks[Math.floor(pos / BLOCK)]! * BLOCK + (pos % BLOCK);
   }
-}
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 interface Outcome {
