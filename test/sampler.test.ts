@@ -71,6 +71,16 @@ describe("sampling op (CPU)", () => {
     assert.ok(got.size > k / 2, `the draws cover the set (${got.size} of ${k})`);
   });
 
+  it("top-k over a large vocabulary keeps exactly the k best (ties at the cut by lower index)", () => {
+    const r = new Rng(6);
+    const big = Array.from({ length: 30_000 }, () => Math.round((r.next() - 0.5) * 48) / 4);
+    const order = big.map((_, i) => i).sort((a, b) => big[b]! - big[a]! || a - b);
+    const want = new Set(order.slice(0, 40));
+    const got = support(big, { temperature: 3, topK: 40 });
+    for (const t of got) assert.ok(want.has(t), `token ${t} is outside the top-k set`);
+    assert.ok(got.size > 30, `the draws cover the set (${got.size} of 40)`);
+  });
+
   it("min-p drops tokens below min_p times the top probability", () => {
     // p(x)/p(5) = exp(l - 3): keeps l >= 3 + ln(0.3) = 1.80 -> {5, 0}
     assert.deepEqual([...support(logits, { temperature: 1, minP: 0.3 })].sort(), [0, 5]);

@@ -197,11 +197,33 @@ function sampleFromDistribution(x: Float32Array, row: SamplingRow, u: number, ro
   ensureScratch(V);
   const floor = m - CUTOFF_NATS * p.temperature;
   let n = 0;
-  for (let i = 0; i < V; i++) {
-    const v = x[i]!;
-    if (v >= floor) {
-      candIdx[n] = i;
-      candV[n++] = v;
+  if (p.topK > 0 && p.topK < V) {
+    // Top-k: count the candidates by how far below the best they are (BUCKETS_PER_NAT per nat of x / T) and
+    // collect only the buckets that hold the k best. A token in a later bucket is below every token in an
+    // earlier one, so the k best are all collected; the exact cut among them is keepBest's.
+    const bucketScale = invT * BUCKETS_PER_NAT;
+    const counts = topKCounts;
+    counts.fill(0);
+    for (let i = 0; i < V; i++) {
+      const v = x[i]!;
+      if (v >= floor) counts[Math.min(TOPK_BUCKETS - 1, Math.floor((m - v) * bucketScale))]!++;
+    }
+    let last = 0;
+    for (let acc = counts[0]!; acc < p.topK && last < TOPK_BUCKETS - 1;) acc += counts[++last]!;
+    for (let i = 0; i < V; i++) {
+      const v = x[i]!;
+      if (v >= floor && Math.min(TOPK_BUCKETS - 1, Math.floor((m - v) * bucketScale)) <= last) {
+        candIdx[n] = i;
+        candV[n++] = v;
+      }
+    }
+  } else {
+    for (let i = 0; i < V; i++) {
+      const v = x[i]!;
+      if (v >= floor) {
+        candIdx[n] = i;
+        candV[n++] = v;
+      }
     }
   }
   keep.fill(1, 0, n);
@@ -273,6 +295,8 @@ function nthLargest(vals: Float32Array, k: number): number {
 }
 
 const BUCKETS_PER_NAT = 16;
+const TOPK_BUCKETS = CUTOFF_NATS * BUCKETS_PER_NAT + 1;
+const topKCounts = new Int32Array(TOPK_BUCKETS);
 
 /**
  * Top-p over the kept candidates: best first, add weights until the sum reaches p of the total. The
