@@ -1,6 +1,6 @@
 import { sampleRows } from "../backend/cpu/sample.js";
 import { SamplingTable } from "./sampling-table.js";
-import type { ScheduledSequence, StepExecutor, StepInput, StepOutput } from "./step.js";
+import { settled, type ScheduledSequence, type StepExecutor, type StepInput, type StepOutput } from "./step.js";
 
 /**
  * An executor over a model whose logits are computed on the host (test models, reference models): it
@@ -15,11 +15,7 @@ export abstract class HostLogitsExecutor implements StepExecutor {
   protected abstract forward(seqs: readonly ScheduledSequence[]): Float32Array;
 
   execute(step: StepInput): Promise<StepOutput> {
-    try {
-      return Promise.resolve(this.run(step));
-    } catch (err) {
-      return Promise.reject(err as Error);
-    }
+    return settled(() => this.run(step));
   }
 
   run(step: StepInput): StepOutput {

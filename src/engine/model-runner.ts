@@ -2,7 +2,7 @@ import type { Backend } from "../backend/backend.js";
 import type { Tensor } from "../backend/tensor.js";
 import { allocateKVCache, freeKVCache, type ForwardBatch, type KVCache, type LlamaModel } from "../model/llama.js";
 import { SamplingTable } from "./sampling-table.js";
-import type { ScheduledSequence, StepExecutor, StepInput, StepOutput } from "./step.js";
+import { settled, type ScheduledSequence, type StepExecutor, type StepInput, type StepOutput } from "./step.js";
 
 export type { ScheduledSequence } from "./step.js";
 
@@ -79,11 +79,7 @@ export class ModelRunner implements StepExecutor {
 
   /** Run one step: forward pass, then sampling on the backend. */
   execute(step: StepInput): Promise<StepOutput> {
-    try {
-      return Promise.resolve(this.run(step));
-    } catch (err) {
-      return Promise.reject(err as Error);
-    }
+    return settled(() => this.run(step));
   }
 
   /** The synchronous body of execute(). */

@@ -49,3 +49,12 @@ export interface StepExecutor {
   /** Run one step. The promise settles when its tokens are on the host; the executor reads its inputs before returning. */
   execute(step: StepInput): Promise<StepOutput>;
 }
+
+/** A synchronous executor's step as the promise execute() returns: its result, or its error as a rejection. */
+export function settled<T>(run: () => T): Promise<T> {
+  try {
+    return Promise.resolve(run());
+  } catch (err) {
+    return Promise.reject(err as Error);
+  }
+}
