@@ -311,7 +311,7 @@ export class EngineCore {
   }
 
   /** Wait for a launched step and fold its tokens in; on failure end its requests and take back `next`'s grants. */
-  private async collect(launched: Launched, next: SchedulerOutput | null): Promise<(SampledToken & { ended: boolean })[]> {
+  private async collect(launched: Launched, next: SchedulerOutput | null): Promise<SampledToken[]> {
     let out: StepOutput;
     try {
       out = await launched.result;
@@ -332,7 +332,7 @@ export class EngineCore {
   }
 
   /** Detokenize the tokens taken (a stop string may end a request here) and build the outputs. */
-  private emit(taken: readonly (SampledToken & { ended: boolean })[]): RequestOutput[] {
+  private emit(taken: readonly SampledToken[]): RequestOutput[] {
     const outputs: RequestOutput[] = [];
     for (const s of taken) {
       const t = this.tracked.get(s.request.requestId);

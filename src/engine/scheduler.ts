@@ -38,6 +38,8 @@ export interface SchedulerOutput {
 export interface SampledToken {
   request: Request;
   token: number;
+  /** Set by updateFromOutput: whether this token ended its request (a stop id, end of sequence, a length limit). */
+  ended?: boolean;
   logprob?: { logprob: number; top?: { token: number; logprob: number }[] };
 }
 
@@ -172,14 +174,14 @@ export class Scheduler {
    * when it ended its request. A request preempted since the step was scheduled keeps its token (it was
    * computed from the right context) but commits nothing; one that ended meanwhile takes nothing.
    */
-  updateFromOutput(plan: SchedulerOutput, sampled: readonly SampledToken[]): (SampledToken & { ended: boolean })[] {
+  updateFromOutput(plan: SchedulerOutput, sampled: readonly SampledToken[]): SampledToken[] {
     for (const g of plan.scheduled) {
       const r = g.request;
       if (r.isFinished || g.incarnation !== r.numPreemptions) continue;
       this.kv.commitComputed(r, g.start + g.numNewTokens);
     }
     this.kv.endStep(plan.step);
-    const taken: (SampledToken & { ended: boolean })[] = [];
+    const taken: SampledToken[] = [];
     for (const s of sampled) {
       const r = s.request;
       r.numPendingTokens--;
@@ -188,7 +190,8 @@ export class Scheduler {
       if (s.logprob) r.logprobs.push(s.logprob);
       const ended = r.checkStop(this.config.maxModelLen);
       if (ended) this.remove(r);
-      taken.push({ ...s, ended });
+      s.ended = ended;
+      taken.push(s);
     }
     return taken;
   }
