@@ -16,7 +16,7 @@ import { CudaBackend } from "../src/backend/cuda/cuda-backend.js";
 import { probeCuda } from "../src/backend/cuda/device.js";
 import { CUBLAS_OP_N, CUBLAS_OP_T } from "../src/backend/cuda/ffi/cublaslt.js";
 import { addressAlignment, linearLayout } from "../src/backend/cuda/linear-gemm.js";
-import { decodeFloats, type DType, encodeFloats } from "../src/backend/dtype.js";
+import { decodeFloats, type DenseDType, type DType, encodeFloats } from "../src/backend/dtype.js";
 import { Tensor } from "../src/backend/tensor.js";
 import { randInt, randn, Rng, shuffle } from "./helpers/random.js";
 
@@ -28,7 +28,7 @@ const SENTINEL = -3.25;
 // ---------------------------------------------------------------- inputs
 
 /** The values as `dtype` stores them, back in f64. */
-function roundTo(values: ArrayLike<number>, dtype: DType): Float64Array {
+function roundTo(values: ArrayLike<number>, dtype: DenseDType): Float64Array {
   return Float64Array.from(decodeFloats(encodeFloats(values, dtype), dtype, values.length));
 }
 

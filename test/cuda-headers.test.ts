@@ -341,6 +341,22 @@ describe("CUDA bindings agree with the CUDA headers", () => {
     const expects = exportedConstants(cublaslt as unknown as Record<string, unknown>, cNameFor).filter(
       (e) => e.label !== "HEURISTIC_RESULT_BYTES",
     );
+    // The FP8 W8A8 path (createFp8LinearDescriptors in linear-gemm.ts) relies on these: they must stay in the checked tables.
+    for (const label of [
+      "CUDA_R.F8_E4M3",
+      "CUBLASLT_MATMUL_DESC.A_SCALE_POINTER",
+      "CUBLASLT_MATMUL_DESC.B_SCALE_POINTER",
+      "CUBLASLT_MATMUL_DESC.A_SCALE_MODE",
+      "CUBLASLT_MATMUL_DESC.B_SCALE_MODE",
+      "CUBLASLT_MATMUL_DESC.FAST_ACCUM",
+      "CUBLASLT_MATMUL_DESC.BIAS_DATA_TYPE",
+      "CUBLASLT_MATMUL_MATRIX_SCALE.SCALAR_32F",
+      "CUBLASLT_MATMUL_MATRIX_SCALE.OUTER_VEC_32F",
+    ])
+      assert.ok(
+        expects.some((e) => e.label === label),
+        `${label} is not among the constants checked against the headers`,
+      );
     expects.push(
       {
         label: "HEURISTIC_RESULT_BYTES",

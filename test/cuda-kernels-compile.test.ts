@@ -79,7 +79,7 @@ function launchBound(spec: KernelSpec, bound: number | string, t: TemplateArgs):
 }
 
 /** Pointer element types besides the dtype template parameters. */
-const FIXED_ELEMS = new Set(["i32", "f32", "u32", "f64"]);
+const FIXED_ELEMS = new Set(["i32", "f32", "u32", "f64", "u8"]);
 const CPP_ELEM: Readonly<Record<string, string>> = { int: "i32", float: "f32", u32: "u32", double: "f64" };
 
 function signatureOf(spec: KernelSpec): { maxThreads: number | string; params: CppParam[] } {
@@ -144,7 +144,7 @@ describe("CUDA kernel sources", () => {
   it("give launch configurations within the device limits and the kernels' launch bounds", () => {
     const large = { numTokens: 65536, numRows: 524288, numSeqs: 1024, numHeads: 64, numKvHeads: 8, numSplits: 16, rotDim: 128 };
     const sizeSets = [
-      { ...large, headDim: 128, dim: 16384, inter: 28672, cols: 152064 },
+      { ...large, headDim: 128, dim: 16384, inter: 28672, cols: 152064, n: 152064 },
       {
         numTokens: 1,
         numRows: 1,
@@ -157,6 +157,7 @@ describe("CUDA kernel sources", () => {
         dim: 16,
         inter: 8,
         cols: 1,
+        n: 1,
       },
     ];
     for (const spec of KERNELS) {

@@ -24,7 +24,6 @@ import { after, describe, it, type TestContext } from "node:test";
 import { readGgufFileInfo } from "node-llama-cpp";
 import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
 import { decodeFloats, type DType } from "../src/backend/dtype.js";
-import { Generator } from "../src/engine/generator.js";
 import {
   encodeGgmlFloats,
   FormatError,
@@ -41,7 +40,8 @@ import {
 import { convertHfToGguf, type GgufOutType } from "../src/convert/hf-to-gguf.js";
 import { SafetensorsCheckpoint } from "../src/formats/safetensors.js";
 import { Tokenizer } from "../src/tokenizer/tokenizer.js";
-import { argmax, disposeLlamaCpp, LlamaCppOracle, llamaCppLogs } from "./helpers/llama-cpp-oracle.js";
+import { disposeLlamaCpp, LlamaCppOracle, llamaCppLogs } from "./helpers/llama-cpp-oracle.js";
+import { compareWithLlamaCpp as compare, type StepStats } from "./helpers/llama-cpp-compare.js";
 import { TINY_VOCAB_SIZE, type TinyModelOptions, writeTinyModel } from "./helpers/tiny-model.js";
 
 const root = mkdtempSync(join(tmpdir(), "tokamak-llamacpp-"));
@@ -73,96 +73,13 @@ const PROMPTS = [5, 21, 70].map((n) => Array.from({ length: n }, (_, i) => (i * 
 /** Logits within this fraction of the logit scale (max |logit|) count as equal; a top-2 gap below it is a near-tie. */
 const F32_TOLERANCE = 5e-5;
 
-interface StepStats {
-  maxDiff: number;
-  nearTies: number;
-  steps: number;
-  identicalSequences: number;
-  sequences: number;
-}
-
-function maxAbs(row: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < row.length; i++) m = Math.max(m, Math.abs(row[i]!));
-  return m;
-}
-
-function top2Gap(row: ArrayLike<number>): number {
-  let a = -Infinity;
-  let b = -Infinity;
-  for (let i = 0; i < row.length; i++) {
-    const v = row[i]!;
-    if (v > a) [a, b] = [v, a];
-    else if (v > b) b = v;
-  }
-  return a - b;
-}
-
-/**
- * Run Tokamak greedily on each prompt and check llama.cpp against it (teacher-forced logits and
- * argmax, free-running greedy tokens). `tolerance` is relative to each step's logit scale.
- */
-async function compareWithLlamaCpp(
+function compareWithLlamaCpp(
   t: TestContext,
   hfDir: string,
   ggufPath: string,
   opts: { tolerance?: number; dtype?: DType; prompts?: number[][]; steps?: number } = {},
 ): Promise<StepStats> {
-  const tolerance = opts.tolerance ?? F32_TOLERANCE;
-  const steps = opts.steps ?? STEPS;
-  const stats: StepStats = { maxDiff: 0, nearTies: 0, steps: 0, identicalSequences: 0, sequences: 0 };
-  const gen = Generator.open(hfDir, backend, { maxModelLen: 256, dtype: opts.dtype });
-  const oracle = await LlamaCppOracle.load(ggufPath, { contextSize: 256, threads: 2 });
-  try {
-    assert.equal(oracle.vocabSize, gen.loaded.config.vocabSize, "the GGUF vocabulary has one token per embedding row");
-    for (const prompt of opts.prompts ?? PROMPTS) {
-      const ours = gen.generate(prompt, { maxTokens: steps, returnLogits: true });
-      const forced = await oracle.nextTokenLogits([...prompt, ...ours.tokens.slice(0, -1)], prompt.length);
-      assert.equal(forced.length, steps);
-      let firstNearTie = steps;
-      for (let i = 0; i < steps; i++) {
-        const mine = ours.logits![i]!;
-        const theirs = forced[i]!;
-        const scale = Math.max(1, maxAbs(mine));
-        let diff = 0;
-        for (let v = 0; v < mine.length; v++) diff = Math.max(diff, Math.abs(mine[v]! - theirs[v]!));
-        assert.ok(Number.isFinite(diff), `prompt of ${prompt.length}, step ${i}: llama.cpp logits contain non-finite values`);
-        stats.maxDiff = Math.max(stats.maxDiff, diff / scale);
-        assert.ok(
-          diff <= tolerance * scale,
-          `prompt of ${prompt.length} tokens, step ${i}: logits differ by ${diff.toExponential(3)} (scale ${scale.toFixed(2)}, allowed ${(tolerance * scale).toExponential(3)})`,
-        );
-        const nearTie = top2Gap(mine) <= tolerance * scale;
-        if (nearTie) {
-          stats.nearTies++;
-          firstNearTie = Math.min(firstNearTie, i);
-        } else {
-          assert.equal(
-            argmax(theirs),
-            ours.tokens[i],
-            `prompt of ${prompt.length} tokens, step ${i}: llama.cpp's argmax differs (no near-tie)`,
-          );
-        }
-        stats.steps++;
-      }
-      const free = await oracle.greedy(prompt, steps);
-      assert.deepEqual(
-        free.slice(0, firstNearTie + 1),
-        ours.tokens.slice(0, firstNearTie + 1),
-        `prompt of ${prompt.length} tokens: llama.cpp's greedy tokens differ before the first near-tie (step ${firstNearTie})`,
-      );
-      stats.sequences++;
-      if (free.every((tok, i) => tok === ours.tokens[i])) stats.identicalSequences++;
-    }
-  } finally {
-    gen.close();
-    await oracle.dispose();
-  }
-  t.diagnostic(
-    `max logit diff ${stats.maxDiff.toExponential(2)} of scale; ${stats.nearTies}/${stats.steps} near-tie steps; ` +
-      `${stats.identicalSequences}/${stats.sequences} free-running sequences identical`,
-  );
-  return stats;
+  return compare(t, backend, hfDir, ggufPath, { tolerance: F32_TOLERANCE, steps: STEPS, prompts: PROMPTS, ...opts });
 }
 
 describe("Tokamak's forward pass equals llama.cpp's on converted GGUF models", () => {

@@ -40,6 +40,8 @@ export interface RopeTable {
 export interface AllocOptions {
   /** The sampling op reads this tensor (the logits): place it where the backend's sampling kernels read it in place. */
   samplingInput?: boolean;
+  /** The quantized matrix products read this tensor (the scales of int8/fp8 weights): place it beside the quantized weights. */
+  kernelResident?: boolean;
 }
 
 /** What the engine and CLI ask a backend instead of checking its name. */
@@ -74,8 +76,12 @@ export interface Backend {
   embedding(out: Tensor, ids: Tensor, table: Tensor): void;
   /** With residual: residual += x, then out = rmsnorm(residual) * weight. Without: out = rmsnorm(x) * weight. Rows may be 3-D [t, h, d]. */
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, residual?: Tensor): void;
-  /** out = x · weightᵀ (+ bias); weight [outFeatures, inFeatures] in any float dtype. */
-  linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor): void;
+  /**
+   * out = x · weightᵀ (+ bias); weight [outFeatures, inFeatures] in any float dtype, or in a quantized
+   * one the backend supports (supportsWeight); `scale` holds the f32 per-channel ([outFeatures]) or
+   * per-tensor ([1]) scales of the int8 and fp8 encodings.
+   */
+  linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor, scale?: Tensor): void;
   /** Rotate q [t, hq, d] and k [t, hkv, d] in place at `positions`, then write k and v into the caches at `slotMapping` (slot < 0: skip). */
   ropeAndCacheWrite(
     q: Tensor,

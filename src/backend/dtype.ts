@@ -1,14 +1,101 @@
-/** Element types a tensor can hold. Float types follow the safetensors/PyTorch names. */
-export type DType = "f32" | "f16" | "bf16" | "i32";
+/**
+ * The element-type registry: every encoding a tensor can hold, with its block geometry.
+ *
+ * - dense: f32, f16, bf16 (the safetensors/PyTorch names) and i32;
+ * - block-quantized ggml formats (GGUF): `blockSize` elements share `blockBytes` bytes holding their
+ *   scales and codes, so a row must be a whole number of blocks;
+ * - per-channel formats: int8 (symmetric, one f32 scale per output row) and fp8 e4m3 (one f32
+ *   scale per output row or for the whole tensor); the scales live beside the tensor (see Linear).
+ */
+export type FloatDType = "f32" | "f16" | "bf16";
+export type BlockDType = "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q4_k" | "q5_k" | "q6_k" | "mxfp4";
+export type ChannelDType = "int8" | "fp8_e4m3";
+export type QuantDType = BlockDType | ChannelDType;
+export type DenseDType = FloatDType | "i32";
+export type DType = DenseDType | QuantDType;
 
-export const DTYPE_BYTES: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2, i32: 4 };
+export interface ElementType {
+  readonly name: DType;
+  readonly kind: "float" | "int" | "block" | "channel";
+  /** Elements per block (1 for dense and per-channel types). */
+  readonly blockSize: number;
+  /** Bytes per block. */
+  readonly blockBytes: number;
+  /** The ggml type id, where GGUF has this encoding. */
+  readonly ggmlType?: number;
+  /** The name GGUF tools print ("Q4_K", "BF16"). */
+  readonly ggmlName?: string;
+}
 
+const type = (name: DType, kind: ElementType["kind"], blockSize: number, blockBytes: number, ggmlType?: number, ggmlName?: string) =>
+  ({ name, kind, blockSize, blockBytes, ggmlType, ggmlName }) as const;
+
+export const ELEMENT_TYPES: Readonly<Record<DType, ElementType>> = {
+  f32: type("f32", "float", 1, 4, 0, "F32"),
+  f16: type("f16", "float", 1, 2, 1, "F16"),
+  bf16: type("bf16", "float", 1, 2, 30, "BF16"),
+  i32: type("i32", "int", 1, 4, 26, "I32"),
+  q4_0: type("q4_0", "block", 32, 18, 2, "Q4_0"),
+  q4_1: type("q4_1", "block", 32, 20, 3, "Q4_1"),
+  q5_0: type("q5_0", "block", 32, 22, 6, "Q5_0"),
+  q5_1: type("q5_1", "block", 32, 24, 7, "Q5_1"),
+  q8_0: type("q8_0", "block", 32, 34, 8, "Q8_0"),
+  q4_k: type("q4_k", "block", 256, 144, 12, "Q4_K"),
+  q5_k: type("q5_k", "block", 256, 176, 13, "Q5_K"),
+  q6_k: type("q6_k", "block", 256, 210, 14, "Q6_K"),
+  mxfp4: type("mxfp4", "block", 32, 17, 39, "MXFP4"),
+  int8: type("int8", "channel", 1, 1),
+  fp8_e4m3: type("fp8_e4m3", "channel", 1, 1),
+};
+
+export function elementType(dtype: DType): ElementType {
+  return ELEMENT_TYPES[dtype];
+}
+
+export function isBlockType(dtype: DType): dtype is BlockDType {
+  return ELEMENT_TYPES[dtype].kind === "block";
+}
+
+export function isFloatType(dtype: DType): dtype is FloatDType {
+  return ELEMENT_TYPES[dtype].kind === "float";
+}
+
+/** Quantized encodings: block formats and per-channel ones (their values need scales to mean anything). */
+export function isQuantType(dtype: DType): dtype is QuantDType {
+  const kind = ELEMENT_TYPES[dtype].kind;
+  return kind === "block" || kind === "channel";
+}
+
+const DTYPE_BY_GGML = new Map(Object.values(ELEMENT_TYPES).flatMap((t) => (t.ggmlType === undefined ? [] : [[t.ggmlType, t.name]])));
+
+/** The element type of a ggml type id, or undefined for those Tokamak cannot compute with. */
+export function dtypeOfGgml(ggmlType: number): DType | undefined {
+  return DTYPE_BY_GGML.get(ggmlType);
+}
+
+/** `dtype` where only a dense type can be used (a quantized one is refused, naming `what`). */
+export function denseDType(dtype: DType, what: string): DenseDType {
+  if (isQuantType(dtype)) throw new TypeError(`${what}: ${dtype} is a quantized encoding; expected f32, f16, bf16 or i32`);
+  return dtype;
+}
+
+/** Bytes per element of a type with one element per block; block formats have no such number (use tensorBytes). */
 export function dtypeBytes(dtype: DType): number {
-  return DTYPE_BYTES[dtype];
+  const t = ELEMENT_TYPES[dtype];
+  if (t.blockSize !== 1) throw new RangeError(`${dtype} stores ${t.blockSize} elements in ${t.blockBytes} bytes; use tensorBytes`);
+  return t.blockBytes;
+}
+
+/** Bytes of `numel` elements of `dtype` (a whole number of blocks for block formats). */
+export function tensorBytes(dtype: DType, numel: number): number {
+  const t = ELEMENT_TYPES[dtype];
+  if (numel % t.blockSize !== 0)
+    throw new RangeError(`${numel} elements of ${dtype} are not a whole number of ${t.blockSize}-element blocks`);
+  return (numel / t.blockSize) * t.blockBytes;
 }
 
 /** Names used by `--dtype` and `torch_dtype` in config.json. */
-export function parseDType(name: string, where: string): DType {
+export function parseDType(name: string, where: string): FloatDType {
   switch (name.toLowerCase()) {
     case "float32":
     case "f32":
@@ -91,7 +178,7 @@ export function f32ToF16Bits(x: number): number {
 }
 
 /** Encode f32 values into the bytes of `dtype`. */
-export function encodeFloats(values: ArrayLike<number>, dtype: DType): Uint8Array {
+export function encodeFloats(values: ArrayLike<number>, dtype: DenseDType): Uint8Array {
   const n = values.length;
   if (dtype === "f32") return new Uint8Array(Float32Array.from(values).buffer);
   if (dtype === "i32") return new Uint8Array(Int32Array.from(values).buffer);
@@ -102,7 +189,7 @@ export function encodeFloats(values: ArrayLike<number>, dtype: DType): Uint8Arra
 }
 
 /** Decode `count` elements of `dtype` from bytes into f32. */
-export function decodeFloats(bytes: Uint8Array, dtype: DType, count: number): Float32Array {
+export function decodeFloats(bytes: Uint8Array, dtype: DenseDType, count: number): Float32Array {
   const out = new Float32Array(count);
   const aligned = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
   if (dtype === "f32") {

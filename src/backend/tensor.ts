@@ -1,5 +1,5 @@
 import type { DType } from "./dtype.js";
-import { dtypeBytes } from "./dtype.js";
+import { tensorBytes } from "./dtype.js";
 
 /** What an allocation is for: memory is accounted and shown by tag. */
 export type MemoryTag = "weights" | "kv-cache" | "activations" | "workspace" | "other";
@@ -29,7 +29,7 @@ export class Tensor {
     strides?: readonly number[],
   ) {
     this.strides = strides ?? contiguousStrides(shape);
-    if (strides === undefined && (offset + this.numel) * dtypeBytes(dtype) > storage.bytes) {
+    if (strides === undefined && tensorBytes(dtype, offset + this.numel) > storage.bytes) {
       throw new RangeError(
         `tensor [${shape}] ${dtype} at offset ${offset} does not fit in storage "${storage.label}" (${storage.bytes} bytes)`,
       );
@@ -40,8 +40,14 @@ export class Tensor {
     return this.shape.reduce((a, b) => a * b, 1);
   }
 
+  /** Where the tensor starts in its storage (for block formats the offset is a whole number of blocks). */
   get byteOffset(): number {
-    return this.offset * dtypeBytes(this.dtype);
+    return tensorBytes(this.dtype, this.offset);
+  }
+
+  /** Bytes of the tensor's elements, when contiguous. */
+  get byteLength(): number {
+    return tensorBytes(this.dtype, this.numel);
   }
 
   get isContiguous(): boolean {

@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from "commander";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
+import { convertHfToGguf } from "../convert/hf-to-gguf.js";
+import { GGUF_FILE_TYPE_NAMES } from "../convert/gguf-file-types.js";
+import { formatBytes } from "../model/memory-plan.js";
+import { parseQuantization } from "../model/quant-method.js";
 import { createBackend, describeSelection, parseDeviceRequest } from "../backend/create-backend.js";
-import { loadConfig } from "../model/config.js";
+import { loadModelConfig } from "../model/load.js";
 import { parseDType } from "../backend/dtype.js";
 import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
@@ -40,6 +44,7 @@ interface GenerateFlags {
   seed?: number;
   threads?: number;
   dtype?: string;
+  quantization?: string;
   chat: boolean;
   ignoreEos: boolean;
   device: string;
@@ -53,7 +58,7 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
   const prompt = tokenizer.encode(text, { addSpecialTokens: !flags.chat });
   const device = parseDeviceRequest(flags.device);
   const dtype = flags.dtype ? parseDType(flags.dtype, "--dtype") : undefined;
-  const { backend, selection } = createBackend({ device, threads: flags.threads, dtype, modelDType: loadConfig(modelDir).torchDtype });
+  const { backend, selection } = createBackend({ device, threads: flags.threads, dtype, modelDType: loadModelConfig(modelDir).torchDtype });
   process.stderr.write(`${describeSelection(device, selection)}\n`);
   try {
     const bar = progressBar("loading weights");
@@ -61,6 +66,7 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
       maxModelLen: prompt.length + flags.maxTokens,
       // CUDA multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
       dtype: backend.capabilities.anyWeightDType ? dtype : backend.activationDType,
+      quantization: flags.quantization ? parseQuantization(flags.quantization, "--quantization") : undefined,
       onProgress: bar,
     });
     bar.end();
@@ -82,6 +88,22 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
   }
 }
 
+function quantizeCommand(modelDir: string, flags: { output: string; type: string }): void {
+  const started = performance.now();
+  const r = convertHfToGguf(modelDir, flags.output, { outType: flags.type });
+  const types = Object.entries(r.tensorTypes)
+    .map(([t, n]) => `${n} ${t}`)
+    .join(", ");
+  process.stderr.write(
+    `wrote ${r.path}: ${r.architecture}, ${r.outType}, ${r.tensorCount} tensors (${types}), ${formatBytes(statSync(r.path).size)} ` +
+      `in ${((performance.now() - started) / 1000).toFixed(1)} s
+`,
+  );
+  for (const w of r.warnings)
+    process.stderr.write(`warning: ${w}
+`);
+}
+
 interface ServeFlags {
   host: string;
   port: number;
@@ -96,6 +118,7 @@ interface ServeFlags {
   enablePrefixCaching: boolean;
   asyncScheduling: boolean;
   dtype: string;
+  quantization?: string;
   seed: number;
   generationConfig: string;
   threads?: number;
@@ -156,6 +179,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       enablePrefixCaching: flags.enablePrefixCaching,
       asyncScheduling: flags.asyncScheduling,
       dtype: flags.dtype === "auto" ? undefined : parseDType(flags.dtype, "--dtype"),
+      quantization: flags.quantization ? parseQuantization(flags.quantization, "--quantization") : undefined,
       threads: flags.threads,
       ignoreGenerationConfig: flags.generationConfig === "vllm",
       seed: flags.seed,
@@ -217,8 +241,8 @@ export function buildProgram(): Command {
   const program = new Command("tokamak").description("An LLM runtime: serve and run Hugging Face models").version(version);
   program
     .command("generate")
-    .description("generate text from a prompt with a Hugging Face model folder")
-    .argument("<model-dir>", "folder with config.json, *.safetensors and tokenizer.json")
+    .description("generate text from a prompt with a Hugging Face model folder or a GGUF file")
+    .argument("<model>", "folder with config.json, *.safetensors and tokenizer.json, or a .gguf file")
     .requiredOption("-p, --prompt <text>", "the prompt")
     .option("-n, --max-tokens <n>", "tokens to generate", intArg("--max-tokens", 1), 64)
     .option("--temperature <t>", "sampling temperature; 0 is greedy", floatArg("--temperature", 0, 100), 0)
@@ -227,14 +251,15 @@ export function buildProgram(): Command {
     .option("--seed <s>", "random seed for sampling", intArg("--seed", 0))
     .option("--threads <n>", "CPU threads (default: all cores)", intArg("--threads", 1))
     .option("--dtype <dtype>", "weight dtype: bfloat16, float16, float32 (default: as stored)")
+    .option("-q, --quantization <method>", "quantize the weights at load: int8 or fp8 (per-channel scales)")
     .option("--chat", "wrap the prompt in the model's chat template", false)
     .option("--ignore-eos", "keep generating past end-of-sequence tokens", false)
     .option("--device <device>", "auto (CUDA when usable), cpu or cuda", "auto")
     .action((dir: string, flags: GenerateFlags) => generateCommand(dir, flags));
   program
     .command("serve")
-    .description("serve a Hugging Face model folder over an OpenAI-compatible HTTP API (vLLM's flags)")
-    .argument("<model-dir>", "folder with config.json, *.safetensors and tokenizer.json")
+    .description("serve a Hugging Face model folder or a GGUF file over an OpenAI-compatible HTTP API (vLLM's flags)")
+    .argument("<model>", "folder with config.json, *.safetensors and tokenizer.json, or a .gguf file")
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .option("--port <port>", "port to listen on (0: any free port)", intArg("--port", 0), 8000)
     .option(
@@ -259,6 +284,7 @@ export function buildProgram(): Command {
     .option("--async-scheduling", "schedule the next step while the device runs this one (default)", ENGINE_DEFAULTS.asyncScheduling)
     .option("--no-async-scheduling", "schedule each step after the previous one has finished (for debugging; outputs are the same)")
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32", "auto")
+    .option("-q, --quantization <method>", "quantize the weights at load: int8 or fp8 (weight-only, per-channel scales)")
     .option("--seed <s>", "engine seed for requests without one", intArg("--seed", 0), 0)
     .option("--generation-config <mode>", "auto: request defaults from generation_config.json; vllm: ignore it", "auto")
     .option("--threads <n>", "CPU threads (default: all cores)", intArg("--threads", 1))
@@ -285,6 +311,13 @@ export function buildProgram(): Command {
     .option("--device <device>", "auto (CUDA when usable, else CPU; says which and why), cpu or cuda", "auto")
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
+  program
+    .command("quantize")
+    .description("write a Hugging Face model folder as a GGUF file that llama.cpp, Ollama and tokamak load")
+    .argument("<model-dir>", "folder with config.json, *.safetensors and tokenizer.json")
+    .requiredOption("-o, --output <file>", "the .gguf file to write")
+    .option("--type <type>", `element type: ${GGUF_FILE_TYPE_NAMES.join(", ")}, or auto (as stored)`, "q4_k_m")
+    .action((dir: string, flags: { output: string; type: string }) => quantizeCommand(dir, flags));
   registerPlan(program, parseBytes, intArg);
   registerBenchServe(program);
   return program;

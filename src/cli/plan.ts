@@ -2,9 +2,12 @@
 import { type Command, InvalidArgumentError } from "commander";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { type DType, dtypeBytes, parseDType } from "../backend/dtype.js";
-import { type ModelConfig, parseConfig } from "../model/config.js";
-import { formatBytes, type MemoryPlan, type PlanOptions, planMemory } from "../model/memory-plan.js";
+import { type DType, parseDType } from "../backend/dtype.js";
+import { GGUF_FILE_TYPE_NAMES } from "../convert/gguf-file-types.js";
+import { parseConfig } from "../model/config.js";
+import { isGgufPath } from "../model/gguf-model.js";
+import { loadModelConfig } from "../model/load.js";
+import { formatBytes, type PlanOptions, planMemory, weightFormat } from "../model/memory-plan.js";
 import { ENGINE_DEFAULTS } from "../defaults.js";
 
 interface PlanFlags {
@@ -22,8 +25,8 @@ interface PlanFlags {
   json: boolean;
 }
 
-/** Bytes per weight of a matrix under each quantization (scales included), for what-if figures. */
-const QUANT_BYTES: Record<string, number> = { int8: 1 + 4 / 4096, fp8: 1 + 4 / 4096, mxfp4: 0.5 + 1 / 32 };
+/** The formats every plan lists the weight bytes of: load-time quantizations, then GGUF types from large to small. */
+const FORMATS = ["int8", "fp8", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"];
 
 export function registerPlan(
   program: Command,
@@ -33,7 +36,7 @@ export function registerPlan(
   program
     .command("plan")
     .description("print what a model needs and what fits: weights, KV cache, concurrency, activations, and the flags to use")
-    .argument("<model>", "a Hugging Face model folder or its config.json")
+    .argument("<model>", "a Hugging Face model folder, its config.json, or a GGUF file")
     .option("--device <device>", "cpu or cuda (default: cuda when --gpus or --gpu-memory is given, else cpu)")
     .option("--gpus <n>", "number of GPUs (tensor parallel)", intArg("--gpus", 1))
     .option("--gpu-memory <bytes>", "memory per GPU, e.g. 80GiB", parseBytes)
@@ -48,7 +51,11 @@ export function registerPlan(
       ENGINE_DEFAULTS.gpuMemoryUtilization,
     )
     .option("--dtype <dtype>", "weight dtype: auto (as stored), bfloat16, float16, float32", "auto")
-    .option("--quantization <q>", "none, int8, fp8 or mxfp4 (what-if: serving quantized weights is not in this build yet)", "none")
+    .option(
+      "--quantization <q>",
+      `none, or the weights' format: ${FORMATS.join(", ")} or another GGUF type (${GGUF_FILE_TYPE_NAMES.join(", ")})`,
+      "none",
+    )
     .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
     .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), ENGINE_DEFAULTS.maxNumSeqs)
     .option(
@@ -64,6 +71,7 @@ export function registerPlan(
 }
 
 function readConfig(path: string) {
+  if (isGgufPath(path)) return { config: loadModelConfig(path), dir: dirname(path) };
   const file = existsSync(path) && statSync(path).isDirectory() ? join(path, "config.json") : path;
   if (!existsSync(file)) throw new Error(`${file} not found; give a model folder or its config.json`);
   let raw: unknown;
@@ -78,11 +86,11 @@ function readConfig(path: string) {
 function planCommand(model: string, f: PlanFlags): void {
   const device = f.device ?? (f.gpus !== undefined || f.gpuMemory !== undefined ? "cuda" : "cpu");
   if (device !== "cpu" && device !== "cuda") throw new Error(`--device must be cpu or cuda, got "${device}"`);
-  if (!["none", ...Object.keys(QUANT_BYTES)].includes(f.quantization)) {
-    throw new Error(`--quantization must be one of none, ${Object.keys(QUANT_BYTES).join(", ")}; got "${f.quantization}"`);
-  }
+  const known = ["none", "int8", "fp8", ...GGUF_FILE_TYPE_NAMES];
+  if (!known.includes(f.quantization)) throw new Error(`--quantization must be one of ${known.join(", ")}; got "${f.quantization}"`);
   const { config } = readConfig(model);
   const weightDType: DType | undefined = f.dtype === "auto" ? undefined : parseDType(f.dtype, "--dtype");
+  const stored = weightDType ?? config.torchDtype ?? "bf16";
   const opts: PlanOptions = {
     weightDType,
     activationDType: device === "cpu" ? "f32" : "bf16",
@@ -94,9 +102,17 @@ function planCommand(model: string, f: PlanFlags): void {
     gpu:
       device === "cuda" ? { memoryBytes: f.gpuMemory ?? 80 * 2 ** 30, count: f.gpus ?? 1, utilization: f.gpuMemoryUtilization } : undefined,
   };
-  const plan = f.quantization === "none" ? planMemory(config, opts) : quantized(config, f.quantization, opts);
+  const planFor = (q: string) =>
+    q === "none" ? planMemory(config, opts) : planMemory(config, { ...opts, weightFormat: weightFormat(q, stored) });
+  const plan = planFor(f.quantization);
+  const formats = [stored, ...FORMATS].map((q) => ({
+    format: q,
+    weightBytes: q === stored ? planFor("none").weightBytes : planFor(q).weightBytes,
+  }));
   if (f.json) {
-    process.stdout.write(JSON.stringify({ model, device, config: { architecture: config.architecture }, ...plan }, null, 2) + "\n");
+    process.stdout.write(
+      JSON.stringify({ model, device, config: { architecture: config.architecture }, ...plan, formats }, null, 2) + "\n",
+    );
     return;
   }
   const w = (label: string, value: string) => process.stdout.write(`${label.padEnd(34)}${value}\n`);
@@ -117,11 +133,13 @@ function planCommand(model: string, f: PlanFlags): void {
   w("KV blocks", `${plan.numBlocks} (${plan.kvTokens} tokens)`);
   w(`concurrent ${plan.maxModelLen}-token sequences`, `${plan.maxConcurrency.toFixed(2)}`);
   w("total allocated", formatBytes(plan.totalBytes));
+  process.stdout.write(`\nweights by format (--quantization; GGUF types as \`tokamak quantize --type\` writes them):\n`);
+  for (const x of formats) w(`  ${x.format}`, formatBytes(x.weightBytes));
   if (plan.problems.length > 0) {
     process.stdout.write(`\ndoes not fit:\n${plan.problems.map((p) => `  - ${p}`).join("\n")}\n`);
     if (device === "cuda" && f.quantization === "none") {
-      for (const q of Object.keys(QUANT_BYTES)) {
-        const alt = quantized(config, q, opts);
+      for (const q of FORMATS) {
+        const alt = planFor(q);
         if (alt.problems.length === 0) {
           process.stdout.write(
             `  with --quantization ${q}: weights ${formatBytes(alt.weightBytes)}, ${alt.numBlocks} KV blocks (${alt.maxConcurrency.toFixed(2)} sequences)\n`,
@@ -138,18 +156,4 @@ function planCommand(model: string, f: PlanFlags): void {
       : `--gpu-memory-utilization ${f.gpuMemoryUtilization}`,
   ];
   process.stdout.write(`\nflags: tokamak serve ${model} ${flags.join(" ")}\n`);
-}
-
-/** The plan with matrices stored quantized (what-if figures; scales included); on a GPU the bytes saved go to the KV cache. */
-function quantized(config: ModelConfig, q: string, opts: PlanOptions): MemoryPlan {
-  const { hiddenSize: H, headDim: D, numHeads: Hq, numKvHeads: Hkv, intermediateSize: I, vocabSize: V } = config;
-  const matrixParams = config.numLayers * ((Hq + 2 * Hkv) * D * H + H * Hq * D + 3 * I * H) + V * H * (config.tieWordEmbeddings ? 1 : 2);
-  const elt = dtypeBytes(opts.weightDType ?? config.torchDtype ?? "bf16");
-  const saved = matrixParams * elt - Math.ceil(matrixParams * QUANT_BYTES[q]!);
-  const gpu = opts.gpu;
-  // On a GPU, weights that shrink by `saved` leave that much more usable memory to the KV cache.
-  const p = gpu
-    ? planMemory(config, { ...opts, gpu: { ...gpu, memoryBytes: gpu.memoryBytes + saved / (gpu.utilization * gpu.count) } })
-    : planMemory(config, opts);
-  return { ...p, weightBytes: p.weightBytes - saved, totalBytes: p.totalBytes - saved };
 }

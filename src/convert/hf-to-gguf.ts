@@ -15,13 +15,16 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { decodeFloats, type DType } from "../backend/dtype.js";
+import { decodeFloats, type DenseDType, elementType } from "../backend/dtype.js";
+import { encodeMatrix } from "../quant/convert.js";
+import { type GgufFileType, ggufFileType, ggufTensorType, useMoreBits } from "./gguf-file-types.js";
 import { loadConfig, type ModelConfig } from "../model/config.js";
+import { GGUF_LAYER_TENSORS } from "../model/gguf-names.js";
+import { declaredLlamaTensors } from "../model/weights.js";
 import {
   encodeGgmlFloats,
-  GGML_BF16,
-  GGML_F16,
   GGML_F32,
+  ggmlType,
   GGUF_DEFAULT_ALIGNMENT,
   type GgufMetadata,
   type GgufTensorToWrite,
@@ -30,10 +33,11 @@ import {
 } from "../formats/gguf.js";
 import { FormatError, SafetensorsCheckpoint, type TensorInfo } from "../formats/safetensors.js";
 
-export type GgufOutType = "f32" | "f16" | "bf16" | "auto";
+/** f32, f16, bf16, a quantized GGUF type (q8_0, q4_k_m, ...: see gguf-file-types.ts) or auto (as stored). */
+export type GgufOutType = string;
 
 export interface ConvertOptions {
-  /** Element type of the matrices: f32, f16, bf16, or auto (as stored in the checkpoint). Default auto. */
+  /** Element type of the matrices: f32, f16, bf16, a GGUF quantized type, or auto (as stored in the checkpoint). Default auto. */
   outType?: GgufOutType;
   /** general.name; default: the folder's name. */
   name?: string;
@@ -45,8 +49,10 @@ export interface ConvertResult {
   path: string;
   /** The GGUF architecture name: llama, qwen2 or qwen3. */
   architecture: string;
-  outType: "f32" | "f16" | "bf16";
+  outType: string;
   tensorCount: number;
+  /** How many tensors were written in each element type. */
+  tensorTypes: Record<string, number>;
   /** Tokens written (= embedding rows). */
   vocabSize: number;
   /** Tokens of the tokenizer left out because the model has fewer embedding rows. */
@@ -63,10 +69,6 @@ const GGUF_ARCH: Record<ModelConfig["architecture"], string> = {
   Qwen2ForCausalLM: "qwen2",
   Qwen3ForCausalLM: "qwen3",
 };
-
-const GGML_TYPE_OF: Record<"f32" | "f16" | "bf16", number> = { f32: GGML_F32, f16: GGML_F16, bf16: GGML_BF16 };
-/** llama.cpp's llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_BF16. */
-const FILE_TYPE_OF: Record<"f32" | "f16" | "bf16", number> = { f32: 0, f16: 1, bf16: 32 };
 
 /** llama.cpp token types. */
 const TOKEN_NORMAL = 1;
@@ -100,16 +102,23 @@ export function convertHfToGguf(modelDir: string, outPath: string, opts: Convert
     metadata.set("general.name", gv.str(opts.name ?? basename(resolve(modelDir))));
     metadata.set("general.alignment", gv.u32(GGUF_DEFAULT_ALIGNMENT));
     addModelMetadata(metadata, arch, config, nVocab, warnings);
-    metadata.set("general.file_type", gv.u32(FILE_TYPE_OF[outType]));
+    metadata.set("general.file_type", gv.u32(outType.fileType));
+    if (elementType(outType.base).kind === "block") metadata.set("general.quantization_version", gv.u32(2));
     const vocab = addTokenizerMetadata(metadata, modelDir, config, nVocab, arch, opts.pre);
 
     const tensors = planTensors(ckpt, config, arch, outType, modelDir);
+    const tensorTypes: Record<string, number> = {};
+    for (const t of tensors) {
+      const name = ggmlType(t.type).name;
+      tensorTypes[name] = (tensorTypes[name] ?? 0) + 1;
+    }
     writeGguf(outPath, metadata, tensors);
     return {
       path: outPath,
       architecture: arch,
-      outType,
+      outType: outType.name,
       tensorCount: tensors.length,
+      tensorTypes,
       vocabSize: nVocab,
       droppedTokens: vocab.droppedTokens,
       droppedMerges: vocab.droppedMerges,
@@ -120,13 +129,10 @@ export function convertHfToGguf(modelDir: string, outPath: string, opts: Convert
   }
 }
 
-function resolveOutType(outType: GgufOutType, stored: DType): "f32" | "f16" | "bf16" {
-  if (outType !== "auto") {
-    if (!(outType in GGML_TYPE_OF)) throw new RangeError(`unsupported GGUF output type "${outType}"; expected f32, f16, bf16 or auto`);
-    return outType;
-  }
+function resolveOutType(outType: GgufOutType, stored: DenseDType): GgufFileType {
+  if (outType !== "auto") return ggufFileType(outType);
   if (stored === "i32") throw new FormatError(`the embedding is stored as i32; expected a float type`);
-  return stored;
+  return ggufFileType(stored);
 }
 
 // ---------------------------------------------------------------------------
@@ -186,27 +192,6 @@ export function llama3RopeFactors(c: ModelConfig): Float32Array {
 // ---------------------------------------------------------------------------
 // Tensors
 
-const LAYER_TENSORS: Record<string, string> = {
-  "input_layernorm.weight": "attn_norm.weight",
-  "self_attn.q_proj.weight": "attn_q.weight",
-  "self_attn.q_proj.bias": "attn_q.bias",
-  "self_attn.k_proj.weight": "attn_k.weight",
-  "self_attn.k_proj.bias": "attn_k.bias",
-  "self_attn.v_proj.weight": "attn_v.weight",
-  "self_attn.v_proj.bias": "attn_v.bias",
-  "self_attn.o_proj.weight": "attn_output.weight",
-  "self_attn.o_proj.bias": "attn_output.bias",
-  "self_attn.q_norm.weight": "attn_q_norm.weight",
-  "self_attn.k_norm.weight": "attn_k_norm.weight",
-  "post_attention_layernorm.weight": "ffn_norm.weight",
-  "mlp.gate_proj.weight": "ffn_gate.weight",
-  "mlp.gate_proj.bias": "ffn_gate.bias",
-  "mlp.up_proj.weight": "ffn_up.weight",
-  "mlp.up_proj.bias": "ffn_up.bias",
-  "mlp.down_proj.weight": "ffn_down.weight",
-  "mlp.down_proj.bias": "ffn_down.bias",
-};
-
 /** The GGUF name of a Hugging Face tensor; null for tensors llama.cpp does not use; throws for unknown ones. */
 function ggufTensorName(hfName: string, c: ModelConfig, modelDir: string): string | null {
   if (hfName.endsWith(".rotary_emb.inv_freq")) return null; // recomputed from the config
@@ -214,7 +199,7 @@ function ggufTensorName(hfName: string, c: ModelConfig, modelDir: string): strin
   if (hfName === "model.norm.weight") return "output_norm.weight";
   if (hfName === "lm_head.weight") return c.tieWordEmbeddings ? null : "output.weight";
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(hfName);
-  const mapped = m ? LAYER_TENSORS[m[2]!] : undefined;
+  const mapped = m ? GGUF_LAYER_TENSORS[m[2]!] : undefined;
   if (!m || !mapped) throw new FormatError(`${modelDir}: tensor "${hfName}" has no GGUF equivalent in this converter`);
   const layer = Number(m[1]);
   if (layer >= c.numLayers)
@@ -226,9 +211,20 @@ function planTensors(
   ckpt: SafetensorsCheckpoint,
   c: ModelConfig,
   arch: string,
-  outType: "f32" | "f16" | "bf16",
+  outType: GgufFileType,
   modelDir: string,
 ): GgufTensorToWrite[] {
+  // The architecture's declaration first: a checkpoint missing a tensor, or with a wrong shape, fails before anything is written.
+  for (const d of declaredLlamaTensors(c)) {
+    for (let l = 0; l < (d.perLayer ? c.numLayers : 1); l++) {
+      const name = d.perLayer ? d.name.replace("model.layers.0.", `model.layers.${l}.`) : d.name;
+      const info = ckpt.get(name);
+      if (!info) throw new FormatError(`${modelDir}: tensor "${name}" is missing (expected shape [${d.shape}])`);
+      if (info.shape.length !== d.shape.length || info.shape.some((x, i) => x !== d.shape[i])) {
+        throw new FormatError(`${modelDir}: tensor "${name}" has shape [${info.shape}], expected [${d.shape}]`);
+      }
+    }
+  }
   const out: GgufTensorToWrite[] = [];
   const order = (n: string) => (n === "token_embd.weight" ? 0 : n === "rope_freqs.weight" ? 1 : n.startsWith("blk.") ? 2 : 3);
   const planned: { name: string; info: TensorInfo }[] = [];
@@ -253,7 +249,10 @@ function planTensors(
         );
       }
     }
-    const type = shape.length >= 2 ? GGML_TYPE_OF[outType] : GGML_F32;
+    const layer = /^blk\.(\d+)\./.exec(name);
+    const moreBits = layer !== null && useMoreBits(Number(layer[1]), c.numLayers);
+    const dtype = ggufTensorType(outType, name, shape, moreBits, !planned.some((p) => p.name === "output.weight"));
+    const type = elementType(dtype).ggmlType!;
     out.push({
       name,
       shape,
@@ -267,7 +266,8 @@ function planTensors(
           shape.reduce((a, b) => a * b, 1),
         );
         if (permuteHeads > 0) values = permuteForInterleavedRope(values, permuteHeads, shape[0]!, shape.length >= 2 ? shape[1]! : 1);
-        return encodeGgmlFloats(values, type);
+        const cols = shape[shape.length - 1]!;
+        return encodeMatrix(values, values.length / cols, cols, dtype).data;
       },
     });
   }

@@ -9,7 +9,7 @@ import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import type { MemoryReport } from "../backend/allocator.js";
 import { describeSelection } from "../backend/create-backend.js";
-import { loadConfig } from "../model/config.js";
+import { loadModelConfig } from "../model/load.js";
 import { loadGenerationDefaults } from "./generation-config.js";
 import { kvBytesPerToken } from "../model/llama.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
@@ -67,7 +67,7 @@ function openModel(init: WorkerInit): Session {
 /** The engine over a NullExecutor: the model's config and tokenizer, no weights, no forward pass. */
 function openStub(init: WorkerInit): Session {
   const o = init.options;
-  const config = loadConfig(init.modelDir);
+  const config = loadModelConfig(init.modelDir);
   const tokenizer = Tokenizer.fromDir(init.modelDir);
   const gen = loadGenerationDefaults(init.modelDir, { ignoreSampling: o.ignoreGenerationConfig });
   const maxModelLen = o.maxModelLen ?? config.maxPositionEmbeddings;

@@ -5,9 +5,10 @@ import { createBackend } from "../backend/create-backend.js";
 import type { DeviceRequest, DeviceSelection } from "../backend/cuda/device.js";
 import type { DType } from "../backend/dtype.js";
 import { loadGenerationDefaults } from "./generation-config.js";
-import { loadConfig } from "../model/config.js";
 import { kvBytesPerToken } from "../model/llama.js";
-import { loadModel, type LoadedModel } from "../model/load.js";
+import { loadModel, loadModelConfig, type LoadedModel } from "../model/load.js";
+import { isGgufPath } from "../model/gguf-model.js";
+import type { QuantizationName } from "../model/quant-method.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { EngineCore, type EngineConfig, type RequestOutput } from "./engine-core.js";
 import { ModelRunner } from "./model-runner.js";
@@ -31,6 +32,8 @@ export interface EngineOptions {
   /** Schedule the next step while this one runs (vLLM's --async-scheduling; default on). */
   asyncScheduling?: boolean;
   dtype?: DType;
+  /** Quantize the weight matrices at load (--quantization int8|fp8). */
+  quantization?: QuantizationName;
   /** auto (CUDA when usable, else CPU), cpu or cuda. */
   device?: DeviceRequest;
   /** Fraction of the GPU's memory the engine may use in all (weights, activations, KV cache); default 0.9. */
@@ -79,7 +82,7 @@ function kvCacheTokensBeforeLoad(modelDir: string, backend: Backend, o: EngineOp
   const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
   if (o.numBlocks !== undefined) return o.numBlocks * blockSize;
   if (o.kvCacheMemory === undefined && !backend.capabilities.hostMemory) return undefined;
-  const perBlock = blockSize * kvBytesPerToken(loadConfig(modelDir), backend);
+  const perBlock = blockSize * kvBytesPerToken(loadModelConfig(modelDir), backend);
   return Math.floor(kvCacheBudget(backend, o) / perBlock) * blockSize;
 }
 
@@ -155,7 +158,7 @@ export class LLM {
         device: opts.device,
         threads: opts.threads,
         dtype: opts.dtype,
-        modelDType: loadConfig(modelDir).torchDtype,
+        modelDType: loadModelConfig(modelDir).torchDtype,
       });
       try {
         // A device backend multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
@@ -177,12 +180,13 @@ export class LLM {
       maxNumTokens: maxNumBatchedTokens,
       maxNumSeqs: opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs,
       dtype: opts.dtype,
+      quantization: opts.quantization,
       onProgress: opts.onProgress,
     });
     let runner: ModelRunner | undefined;
     try {
       const config = resolveEngineConfig(loaded, backend, { ...opts, maxNumBatchedTokens });
-      const tokenizer = existsSync(join(modelDir, "tokenizer.json")) ? Tokenizer.fromDir(modelDir) : null;
+      const tokenizer = isGgufPath(modelDir) || existsSync(join(modelDir, "tokenizer.json")) ? Tokenizer.fromDir(modelDir) : null;
       const eos = mergeEosTokenIds(tokenizer?.eosTokenIds, gen.eosTokenIds, loaded.config.eosTokenIds);
       runner = new ModelRunner(loaded.model, { numBlocks: config.numBlocks, blockSize: config.blockSize, maxModelLen: loaded.maxModelLen });
       const llm = new LLM(backend, loaded, runner, tokenizer, opts.ignoreGenerationConfig ? {} : gen.sampling, config, eos);

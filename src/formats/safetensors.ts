@@ -1,6 +1,6 @@
 import { closeSync, existsSync, fstatSync, openSync, readSync, writeSync } from "node:fs";
 import { basename, join } from "node:path";
-import type { DType } from "../backend/dtype.js";
+import type { DenseDType as DType } from "../backend/dtype.js";
 import { dtypeBytes } from "../backend/dtype.js";
 import { checkRegularFile, readJsonFile } from "./regular-file.js";
 
@@ -17,7 +17,7 @@ export interface TensorInfo {
 }
 
 const ST_DTYPES: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf16", I32: "i32" };
-const DTYPE_ST: Record<DType, string> = { f32: "F32", f16: "F16", bf16: "BF16", i32: "I32" };
+const DTYPE_ST: Partial<Record<DType, string>> = { f32: "F32", f16: "F16", bf16: "BF16", i32: "I32" };
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 const READ_CHUNK = 64 * 1024 * 1024;
 

@@ -15,7 +15,9 @@ export type Architecture = keyof typeof ARCHITECTURES;
 export type RopeScaling =
   | { type: "none" }
   | { type: "linear"; factor: number }
-  | { type: "llama3"; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number };
+  | { type: "llama3"; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number }
+  /** A divisor per frequency, as GGUF files carry llama3 scaling (the rope_freqs tensor). */
+  | { type: "factors"; factors: readonly number[] };
 
 /** The hyper-parameters the forward pass needs, validated and with defaults filled in. */
 export interface ModelConfig {

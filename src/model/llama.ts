@@ -175,7 +175,7 @@ export class LlamaModel {
     b.gatherRows(delta, mlpOut, batch.logitsIndices);
     b.gatherRows(res, residual, batch.logitsIndices);
     b.rmsNorm(last, delta, w.norm, eps, res);
-    b.linear(logits, last, w.lmHead);
+    w.lmHead.forward(b, logits, last);
     return logits;
   }
 
@@ -191,7 +191,7 @@ export class LlamaModel {
     const layer = this.weights.layers[l]!;
     const T = batch.numTokens;
     const qkv = this.acts.qkv.rows(0, T);
-    b.linear(qkv, x, layer.qkv, layer.qkvBias);
+    layer.qkv.forward(b, qkv, x);
     const q = headsView(qkv, 0, Hq, D);
     const k = headsView(qkv, Hq * D, Hkv, D);
     const v = headsView(qkv, (Hq + Hkv) * D, Hkv, D);
@@ -202,7 +202,7 @@ export class LlamaModel {
     b.ropeAndCacheWrite(q, k, v, batch.positions, this.rope, batch.slotMapping, kv.k[l]!, kv.v[l]!);
     const attn = this.acts.attn.rows(0, T);
     b.pagedAttention(attn.view([T, Hq, D]), q, kv.k[l]!, kv.v[l]!, batch.attention, this.scale);
-    b.linear(this.acts.attnOut.rows(0, T), attn, layer.o, layer.oBias);
+    layer.o.forward(b, this.acts.attnOut.rows(0, T), attn);
   }
 
   private mlp(l: number, x: Tensor, out: Tensor): void {
@@ -211,9 +211,9 @@ export class LlamaModel {
     const T = x.shape[0]!;
     const gateUp = this.acts.gateUp.rows(0, T);
     const act = this.acts.act.rows(0, T);
-    b.linear(gateUp, x, layer.gateUp, layer.gateUpBias);
+    layer.gateUp.forward(b, gateUp, x);
     b.siluAndMul(act, gateUp);
-    b.linear(out, act, layer.down, layer.downBias);
+    layer.down.forward(b, out, act);
   }
 }
 

@@ -5,7 +5,17 @@ import { loadConfig, type ModelConfig } from "./config.js";
 import { LlamaModel, type ModelLimits, planActivations } from "./llama.js";
 import { formatBytes, kvBytesPerTokenOf, ropeTableBytes } from "./memory-plan.js";
 import { buildRopeTable } from "./rope.js";
-import { checkConfigAgainstWeights, checkLlamaWeights, freeLlamaWeights, loadLlamaWeights, SafetensorsSource } from "./weights.js";
+import { GgufFile } from "../formats/gguf.js";
+import { configFromGguf, GgufSource, isGgufPath } from "./gguf-model.js";
+import type { QuantizationName } from "./quant-method.js";
+import {
+  checkConfigAgainstWeights,
+  checkLlamaWeights,
+  freeLlamaWeights,
+  loadLlamaWeights,
+  SafetensorsSource,
+  type WeightSource,
+} from "./weights.js";
 import { ENGINE_DEFAULTS } from "../defaults.js";
 
 export interface LoadModelOptions {
@@ -23,6 +33,8 @@ export interface LoadModelOptions {
   maxNumSeqs?: number;
   /** dtype of the weight matrices; default: as stored. */
   dtype?: DType;
+  /** Quantize the matrices at load: int8 or fp8 (e4m3) with per-channel scales. */
+  quantization?: QuantizationName;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
@@ -38,23 +50,25 @@ export interface LoadedModel {
  * memory it will take) before the first allocation, and a load that fails
  * part-way gives back what it took.
  */
-export function loadModel(modelDir: string, backend: Backend, opts: LoadModelOptions = {}): LoadedModel {
-  const config = loadConfig(modelDir);
-  const maxModelLen = resolveMaxModelLen(config, opts);
-  const limits: ModelLimits = {
-    maxNumTokens: opts.maxNumTokens ?? Math.min(ENGINE_DEFAULTS.maxNumBatchedTokens, maxModelLen),
-    maxNumLogits: opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs,
-  };
-  const source = new SafetensorsSource(modelDir);
+export function loadModel(modelPath: string, backend: Backend, opts: LoadModelOptions = {}): LoadedModel {
+  const { config, source, where } = openModel(modelPath);
+  const weightOpts = { dtype: opts.dtype, quantization: opts.quantization };
+  let maxModelLen: number;
+  let limits: ModelLimits;
   try {
-    checkConfigAgainstWeights(config, source, join(modelDir, "config.json"));
-    const weightBytes = checkLlamaWeights(config, source, opts.dtype, backend.activationDType);
-    checkMemoryBudget(modelDir, config, backend, { weightBytes, maxModelLen, limits });
+    maxModelLen = resolveMaxModelLen(config, opts);
+    limits = {
+      maxNumTokens: opts.maxNumTokens ?? Math.min(ENGINE_DEFAULTS.maxNumBatchedTokens, maxModelLen),
+      maxNumLogits: opts.maxNumSeqs ?? ENGINE_DEFAULTS.maxNumSeqs,
+    };
+    checkConfigAgainstWeights(config, source, where);
+    const weightBytes = checkLlamaWeights(config, source, weightOpts, backend.activationDType);
+    checkMemoryBudget(modelPath, config, backend, { weightBytes, maxModelLen, limits });
   } catch (err) {
     source.close();
     throw err;
   }
-  const weights = loadLlamaWeights(config, source, backend, { dtype: opts.dtype, onProgress: opts.onProgress });
+  const weights = loadLlamaWeights(config, source, backend, { ...weightOpts, onProgress: opts.onProgress });
   let rope: RopeTable | undefined;
   try {
     rope = buildRopeTable(backend, config, maxModelLen);
@@ -64,6 +78,33 @@ export function loadModel(modelDir: string, backend: Backend, opts: LoadModelOpt
     freeLlamaWeights(backend, weights);
     throw err;
   }
+}
+
+/** The hyper-parameters of a Hugging Face folder (config.json) or a GGUF file (its metadata). */
+export function loadModelConfig(modelPath: string): ModelConfig {
+  if (!isGgufPath(modelPath)) return loadConfig(modelPath);
+  const file = GgufFile.open(modelPath);
+  try {
+    return configFromGguf(file);
+  } finally {
+    file.close();
+  }
+}
+
+/** A Hugging Face folder or a GGUF file: its config and its weights under Hugging Face names. */
+export function openModel(modelPath: string): { config: ModelConfig; source: WeightSource; where: string } {
+  if (isGgufPath(modelPath)) {
+    const file = GgufFile.open(modelPath);
+    try {
+      const config = configFromGguf(file);
+      return { config, source: new GgufSource(file, config), where: `${modelPath} (GGUF metadata)` };
+    } catch (err) {
+      file.close();
+      throw err;
+    }
+  }
+  const config = loadConfig(modelPath);
+  return { config, source: new SafetensorsSource(modelPath), where: join(modelPath, "config.json") };
 }
 
 /** The requested length, or max_position_embeddings; within the sliding window and what the KV cache holds. */

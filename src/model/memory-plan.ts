@@ -5,7 +5,10 @@
  * budget buys and how many full-length sequences fit. `tokamak plan` prints
  * it; tests hold it equal to what `serve` actually allocates.
  */
-import { type DType, dtypeBytes } from "../backend/dtype.js";
+import { type DType, dtypeBytes, elementType, tensorBytes } from "../backend/dtype.js";
+import { ggufFileType, ggufTensorType } from "../convert/gguf-file-types.js";
+import { hfToGgufName } from "./gguf-names.js";
+import { type DeclaredTensor, declaredLlamaTensors } from "./weights.js";
 import type { ModelConfig } from "./config.js";
 import { planActivations } from "./llama.js";
 import { ENGINE_DEFAULTS } from "../defaults.js";
@@ -13,6 +16,8 @@ import { ENGINE_DEFAULTS } from "../defaults.js";
 export interface PlanOptions {
   /** Matrices' dtype (default: the checkpoint's torch_dtype, else bf16). */
   weightDType?: DType;
+  /** Or a format: int8/fp8 at load, a GGUF type and its mix (see weightFormat); overrides weightDType. */
+  weightFormat?: WeightFormat;
   /** The backend's compute dtype for activations, norms, biases and the KV cache (CPU: f32; CUDA: bf16). */
   activationDType: DType;
   maxModelLen?: number;
@@ -50,46 +55,68 @@ export interface MemoryPlan {
 }
 
 /** A backend buffer's size: numel × element size, rounded up to 4 bytes as the allocators do. */
-const buffer = (numel: number, dtype: DType) => Math.ceil((numel * dtypeBytes(dtype)) / 4) * 4;
+const buffer = (numel: number, dtype: DType) => Math.ceil(tensorBytes(dtype, numel) / 4) * 4;
 
-/** Bytes of weights as the loader allocates them: fused qkv and gate_up matrices, 1-D parameters in the activation dtype. */
+/**
+ * How a plan stores the matrices: a dense dtype, a load-time quantization (int8/fp8 with f32
+ * per-channel scales) or a GGUF file type with its mix (q4_k_m gives some tensors Q6_K).
+ */
+export interface WeightFormat {
+  name: string;
+  /** The element type of a declared matrix; `moreBits`: a layer where mixes upgrade attn_v and ffn_down. */
+  matrix(t: DeclaredTensor, moreBits: boolean, tiedEmbeddings: boolean): DType;
+  table(t: DeclaredTensor, tiedEmbeddings: boolean): DType;
+}
+
+/** The format a name gives: a dtype, int8 / fp8, or a GGUF type (q8_0, q4_k_m, ...); `stored` is the checkpoint's dtype. */
+export function weightFormat(name: string, stored: DType): WeightFormat {
+  if (name === "int8" || name === "fp8") {
+    const q: DType = name === "int8" ? "int8" : "fp8_e4m3";
+    return { name, matrix: () => q, table: () => stored };
+  }
+  const ft = ggufFileType(name);
+  const gguf = (t: DeclaredTensor, moreBits: boolean, tied: boolean) => {
+    const g = hfToGgufName(t.name) ?? t.name;
+    return ggufTensorType(ft, g, t.shape, moreBits, tied);
+  };
+  return { name, matrix: gguf, table: (t, tied) => gguf(t, false, tied) };
+}
+
+/** Layers that llama.cpp's mixes give more bits (use_more_bits), counted without a loop over absurd layer counts. */
+function moreBitsLayers(layers: number): number {
+  const first = Math.ceil(layers / 8);
+  const lastStart = Math.ceil((7 * layers) / 8);
+  const f = Math.floor(layers / 8);
+  const middle = lastStart > first ? Math.floor((lastStart - f) / 3) - Math.floor((first - f) / 3) : 0;
+  return Math.min(layers, first) + Math.max(0, layers - Math.max(lastStart, first)) + middle;
+}
+
+/** Bytes of weights as the loader allocates them, from the architecture's declaration; 1-D parameters in the activation dtype. */
 export function weightAllocations(
   c: ModelConfig,
-  weightDType: DType,
+  format: DType | WeightFormat,
   act: DType,
   maxModelLen: number,
 ): { parameters: number; bytes: number; ropeBytes: number } {
-  const { hiddenSize: H, headDim: D, numHeads: Hq, numKvHeads: Hkv, intermediateSize: I, vocabSize: V } = c;
+  const fmt: WeightFormat = typeof format === "string" ? { name: format, matrix: () => format, table: () => format } : format;
+  const tensors = declaredLlamaTensors(c);
+  const tied = !tensors.some((t) => t.name === "lm_head.weight");
+  const more = moreBitsLayers(c.numLayers);
   let parameters = 0;
   let bytes = 0;
-  const matrix = (rows: number, cols: number) => {
-    parameters += rows * cols;
-    bytes += buffer(rows * cols, weightDType);
+  const matrixBytes = (dtype: DType, t: DeclaredTensor) => {
+    const numel = t.shape[0]! * t.shape[1]!;
+    return buffer(numel, dtype) + (elementType(dtype).kind === "channel" ? buffer(t.shape[0]!, "f32") : 0);
   };
-  const vector = (n: number) => {
-    parameters += n;
-    bytes += buffer(n, act);
-  };
-  // One layer, then scaled: every layer has the same shapes, and a config may claim absurdly many.
-  vector(H);
-  matrix((Hq + 2 * Hkv) * D, H);
-  if (c.qkvBias) vector((Hq + 2 * Hkv) * D);
-  if (c.qkNorm) {
-    vector(D);
-    vector(D);
+  for (const t of tensors) {
+    const numel = t.shape.reduce((a, b) => a * b, 1);
+    const count = t.perLayer ? c.numLayers : 1;
+    parameters += numel * count;
+    if (t.role === "vector") bytes += buffer(numel, act) * count;
+    else if (t.role === "table") bytes += buffer(numel, fmt.table(t, tied));
+    else if (!t.perLayer) bytes += matrixBytes(fmt.matrix(t, false, tied), t);
+    else bytes += more * matrixBytes(fmt.matrix(t, true, tied), t) + (c.numLayers - more) * matrixBytes(fmt.matrix(t, false, tied), t);
   }
-  matrix(H, Hq * D);
-  if (c.oBias) vector(H);
-  vector(H);
-  matrix(2 * I, H);
-  if (c.mlpBias) vector(2 * I);
-  matrix(H, I);
-  if (c.mlpBias) vector(H);
-  parameters *= c.numLayers;
-  bytes *= c.numLayers;
-  matrix(V, H);
-  vector(H);
-  if (!c.tieWordEmbeddings) matrix(V, H);
   const ropeBytes = ropeTableBytes(c, maxModelLen);
   return { parameters, bytes: bytes + ropeBytes, ropeBytes };
 }
@@ -124,7 +151,7 @@ export function planMemory(c: ModelConfig, o: PlanOptions): MemoryPlan {
   const maxNumBatchedTokens = o.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
   const weightDType = o.weightDType ?? c.torchDtype ?? "bf16";
   const act = o.activationDType;
-  const w = weightAllocations(c, weightDType, act, maxModelLen);
+  const w = weightAllocations(c, o.weightFormat ?? weightDType, act, maxModelLen);
   const arena = planActivations(c, { maxNumTokens: maxNumBatchedTokens, maxNumLogits: maxNumSeqs }, dtypeBytes(act));
   const workspace = workspaceBytes(maxNumBatchedTokens, maxNumSeqs, maxModelLen, blockSize);
   const kvBytesPerToken = kvBytesPerTokenOf(c, act);

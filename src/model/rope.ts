@@ -15,6 +15,8 @@ export function inverseFrequencies(config: ModelConfig, rotaryDim: number): Floa
   const s = config.ropeScaling;
   if (s.type === "linear") {
     for (let i = 0; i < half; i++) inv[i] = inv[i]! / s.factor;
+  } else if (s.type === "factors") {
+    for (let i = 0; i < half; i++) inv[i] = inv[i]! / (s.factors[i] ?? 1);
   } else if (s.type === "llama3") {
     const lowWavelen = s.originalMaxPositions / s.lowFreqFactor;
     const highWavelen = s.originalMaxPositions / s.highFreqFactor;

@@ -1,8 +1,11 @@
-import type { Backend } from "../backend/backend.js";
-import { type DType, decodeFloats, dtypeBytes, encodeFloats } from "../backend/dtype.js";
+import type { AllocOptions, Backend } from "../backend/backend.js";
+import { type DType, elementType, tensorBytes } from "../backend/dtype.js";
 import { Tensor } from "../backend/tensor.js";
 import { SafetensorsCheckpoint } from "../formats/safetensors.js";
+import { convertMatrix, decodeMatrix } from "../quant/convert.js";
 import { ConfigError, type ModelConfig } from "./config.js";
+import { Linear, type LinearPart } from "./linear.js";
+import { quantMethod, type QuantMethod, type QuantizationName } from "./quant-method.js";
 
 /** Where weights come from, by Hugging Face tensor name. */
 export interface WeightSource {
@@ -38,33 +41,31 @@ export class SafetensorsSource implements WeightSource {
   }
 }
 
-export interface LayerWeights<T = Tensor> {
-  inputNorm: T;
-  /** q, k and v projections stacked by rows: [(hq + 2·hkv)·d, hidden] */
-  qkv: T;
-  qkvBias?: T;
-  qNorm?: T;
-  kNorm?: T;
-  o: T;
-  oBias?: T;
-  postNorm: T;
-  /** gate and up projections stacked by rows: [2·intermediate, hidden] */
-  gateUp: T;
-  gateUpBias?: T;
-  down: T;
-  downBias?: T;
+export interface LayerWeights<M = Linear, V = Tensor> {
+  inputNorm: V;
+  /** q, k and v projections stacked by output features: [(hq + 2·hkv)·d, hidden], with their biases (Qwen2) */
+  qkv: M;
+  qNorm?: V;
+  kNorm?: V;
+  o: M;
+  postNorm: V;
+  /** gate and up projections stacked by output features: [2·intermediate, hidden] */
+  gateUp: M;
+  down: M;
 }
 
-export interface LlamaWeights<T = Tensor> {
-  embed: T;
-  layers: LayerWeights<T>[];
-  norm: T;
-  lmHead: T;
+export interface LlamaWeights<M = Linear, V = Tensor> {
+  embed: V;
+  layers: LayerWeights<M, V>[];
+  norm: V;
+  lmHead: M;
 }
 
 export interface LoadOptions {
   /** dtype for matrices; default: as stored in the file. Norms and biases use the backend's activation dtype. */
   dtype?: DType;
+  /** Quantize the matrices at load (--quantization): int8 or fp8 weights with per-channel scales. */
+  quantization?: QuantizationName;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
@@ -77,12 +78,17 @@ export class WeightError extends Error {
 
 /**
  * Checks every tensor the config needs against the source (present, right
- * shape, fusable dtypes) without reading or allocating anything, and returns
+ * shape, a usable encoding) without reading or allocating anything, and returns
  * the bytes the weights will take on the backend: a mismatch in the last layer
  * fails before the first one is read.
  */
-export function checkLlamaWeights(config: ModelConfig, source: WeightSource, matrixDType: DType | undefined, vectorDType: DType): number {
-  const checker = new Checker(source, matrixDType, vectorDType);
+export function checkLlamaWeights(
+  config: ModelConfig,
+  source: WeightSource,
+  opts: Omit<LoadOptions, "onProgress">,
+  vectorDType: DType,
+): number {
+  const checker = new Checker(source, quantMethod(opts), vectorDType);
   readLlamaWeights(config, source, checker);
   return checker.bytes;
 }
@@ -90,13 +96,13 @@ export function checkLlamaWeights(config: ModelConfig, source: WeightSource, mat
 /**
  * Reads the weights of a Llama-family model onto the backend, one tensor at a
  * time straight into its destination (never a whole file in memory), after
- * checking every tensor's presence and shape. q/k/v and gate/up are fused into
- * single matrices so each is one matrix product.
+ * checking every tensor's presence and shape. q/k/v and gate/up become single
+ * Linear layers so that each is one matrix product where their encodings agree.
  */
 export function loadLlamaWeights(config: ModelConfig, source: WeightSource, backend: Backend, opts: LoadOptions = {}): LlamaWeights {
-  const loader = new Loader(source, backend, opts);
+  const loader = new Loader(source, backend, quantMethod(opts), opts);
   try {
-    checkLlamaWeights(config, source, opts.dtype, backend.activationDType);
+    checkLlamaWeights(config, source, opts, backend.activationDType);
     return readLlamaWeights(config, source, loader);
   } catch (err) {
     loader.abandon();
@@ -139,65 +145,158 @@ export function checkConfigAgainstWeights(config: ModelConfig, source: WeightSou
 
 /** Give the weights' storages back (the tied LM head shares the embedding's). */
 export function freeLlamaWeights(backend: Backend, w: LlamaWeights): void {
-  const tensors = [w.embed, w.lmHead, w.norm];
-  for (const layer of w.layers) tensors.push(...Object.values(layer).filter((t): t is Tensor => t instanceof Tensor));
+  const tensors = [w.embed, w.norm, ...w.lmHead.tensors()];
+  for (const layer of w.layers) {
+    for (const part of Object.values(layer)) {
+      if (part instanceof Tensor) tensors.push(part);
+      else if (part instanceof Linear) tensors.push(...part.tensors());
+    }
+  }
   for (const storage of new Set(tensors.map((t) => t.storage))) backend.free(storage);
 }
 
-/** One fused parameter: matrices stacked by rows, or 1-D vectors concatenated. */
-interface PartReader<T> {
-  matrix(names: string[], rows: number[], cols: number, label: string): T;
-  vectors(names: string[], sizes: number[], label: string): T;
+/** One fused projection: matrices stacked by output features, with optional biases. */
+interface LinearSpec {
+  label: string;
+  names: string[];
+  rows: number[];
+  cols: number;
+  biasNames?: string[];
 }
 
-function readLlamaWeights<T>(config: ModelConfig, source: WeightSource, r: PartReader<T>): LlamaWeights<T> {
+/** What the architecture's declaration asks a reader for: the one list of weights the checker, the loader and the plan share. */
+interface PartReader<M, V> {
+  linear(spec: LinearSpec): M;
+  /** 1-D parameters concatenated (norm weights), in the activation dtype. */
+  vectors(names: string[], sizes: number[], label: string): V;
+  /** The token embedding table, kept in its stored encoding (never quantized at load). */
+  table(name: string, rows: number, cols: number, label: string): V;
+  /** The LM head when it is the embedding table. */
+  tiedHead(embed: V, label: string): M;
+}
+
+function readLlamaWeights<M, V>(config: ModelConfig, source: WeightSource, r: PartReader<M, V>): LlamaWeights<M, V> {
   const { hiddenSize: H, headDim: D, numHeads: Hq, numKvHeads: Hkv, intermediateSize: I } = config;
   const vector = (name: string, n: number) => r.vectors([name], [n], name);
-  const layers: LayerWeights<T>[] = [];
+  const layers: LayerWeights<M, V>[] = [];
   for (let l = 0; l < config.numLayers; l++) {
     const p = `model.layers.${l}`;
     const qkvNames = ["q_proj", "k_proj", "v_proj"].map((n) => `${p}.self_attn.${n}`);
-    const qkvRows = [Hq * D, Hkv * D, Hkv * D];
+    const mlp = [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`];
     layers.push({
       inputNorm: vector(`${p}.input_layernorm.weight`, H),
-      qkv: r.matrix(
-        qkvNames.map((n) => `${n}.weight`),
-        qkvRows,
-        H,
-        `${p}.qkv`,
-      ),
-      qkvBias: config.qkvBias
-        ? r.vectors(
-            qkvNames.map((n) => `${n}.bias`),
-            qkvRows,
-            `${p}.qkv_bias`,
-          )
-        : undefined,
+      qkv: r.linear({
+        label: `${p}.qkv`,
+        names: qkvNames.map((n) => `${n}.weight`),
+        rows: [Hq * D, Hkv * D, Hkv * D],
+        cols: H,
+        biasNames: config.qkvBias ? qkvNames.map((n) => `${n}.bias`) : undefined,
+      }),
       qNorm: config.qkNorm ? vector(`${p}.self_attn.q_norm.weight`, D) : undefined,
       kNorm: config.qkNorm ? vector(`${p}.self_attn.k_norm.weight`, D) : undefined,
-      o: r.matrix([`${p}.self_attn.o_proj.weight`], [H], Hq * D, `${p}.o_proj`),
-      oBias: config.oBias ? vector(`${p}.self_attn.o_proj.bias`, H) : undefined,
+      o: r.linear({
+        label: `${p}.o_proj`,
+        names: [`${p}.self_attn.o_proj.weight`],
+        rows: [H],
+        cols: Hq * D,
+        biasNames: config.oBias ? [`${p}.self_attn.o_proj.bias`] : undefined,
+      }),
       postNorm: vector(`${p}.post_attention_layernorm.weight`, H),
-      gateUp: r.matrix([`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`], [I, I], H, `${p}.gate_up`),
-      gateUpBias: config.mlpBias ? r.vectors([`${p}.mlp.gate_proj.bias`, `${p}.mlp.up_proj.bias`], [I, I], `${p}.gate_up_bias`) : undefined,
-      down: r.matrix([`${p}.mlp.down_proj.weight`], [H], I, `${p}.down_proj`),
-      downBias: config.mlpBias ? vector(`${p}.mlp.down_proj.bias`, H) : undefined,
+      gateUp: r.linear({
+        label: `${p}.gate_up`,
+        names: mlp.map((n) => `${n}.weight`),
+        rows: [I, I],
+        cols: H,
+        biasNames: config.mlpBias ? mlp.map((n) => `${n}.bias`) : undefined,
+      }),
+      down: r.linear({
+        label: `${p}.down_proj`,
+        names: [`${p}.mlp.down_proj.weight`],
+        rows: [H],
+        cols: I,
+        biasNames: config.mlpBias ? [`${p}.mlp.down_proj.bias`] : undefined,
+      }),
     });
   }
-  const embed = r.matrix(["model.embed_tokens.weight"], [config.vocabSize], H, "embed_tokens");
+  const embed = r.table("model.embed_tokens.weight", config.vocabSize, H, "embed_tokens");
   const norm = vector("model.norm.weight", H);
   const tied = config.tieWordEmbeddings || !source.info("lm_head.weight");
-  const lmHead = tied ? embed : r.matrix(["lm_head.weight"], [config.vocabSize], H, "lm_head");
+  const lmHead = tied
+    ? r.tiedHead(embed, "lm_head")
+    : r.linear({ label: "lm_head", names: ["lm_head.weight"], rows: [config.vocabSize], cols: H });
   return { embed, layers, norm, lmHead };
 }
 
-/** Checks names, shapes and dtypes and counts the bytes they will take; reads and allocates nothing. */
-class Checker implements PartReader<number> {
+/** A tensor of the architecture's declaration. */
+export interface DeclaredTensor {
+  /** Hugging Face name; per-layer tensors are named as layer 0's. */
+  name: string;
+  shape: readonly number[];
+  role: "matrix" | "vector" | "table";
+  /** One of these per layer. */
+  perLayer: boolean;
+}
+
+/**
+ * The tensors the architecture declares (readLlamaWeights, the one declaration the loader and
+ * the checker read), for one layer and the model-level ones: what `tokamak plan` counts and the
+ * converter checks a checkpoint against.
+ */
+export function declaredLlamaTensors(config: ModelConfig): DeclaredTensor[] {
+  const out: DeclaredTensor[] = [];
+  const perLayer = (name: string) => name.startsWith("model.layers.");
+  const recorder: PartReader<null, null> = {
+    linear(spec) {
+      spec.names.forEach((name, i) => out.push({ name, shape: [spec.rows[i]!, spec.cols], role: "matrix", perLayer: perLayer(name) }));
+      spec.biasNames?.forEach((name, i) => out.push({ name, shape: [spec.rows[i]!], role: "vector", perLayer: perLayer(name) }));
+      return null;
+    },
+    vectors(names, sizes) {
+      names.forEach((name, i) => out.push({ name, shape: [sizes[i]!], role: "vector", perLayer: perLayer(name) }));
+      return null;
+    },
+    table(name, rows, cols) {
+      out.push({ name, shape: [rows, cols], role: "table", perLayer: false });
+      return null;
+    },
+    tiedHead: () => null,
+  };
+  const lmHead = { dtype: "f32" as DType, shape: [config.vocabSize, config.hiddenSize] };
+  const source: WeightSource = {
+    description: "the declaration",
+    totalBytes: 0,
+    info: (name) => (name === "lm_head.weight" && !config.tieWordEmbeddings ? lmHead : undefined),
+    readInto: () => {},
+    close: () => {},
+  };
+  readLlamaWeights({ ...config, numLayers: 1 }, source, recorder);
+  return out;
+}
+
+/** A backend buffer's size: the element bytes rounded up to 4, as the allocators do. */
+function bufferBytes(dtype: DType, numel: number): number {
+  return Math.ceil(tensorBytes(dtype, numel) / 4) * 4;
+}
+
+/** How the matrices of one Linear are stored: one part per run of matrices sharing an encoding. */
+function planParts(source: WeightSource, method: QuantMethod, spec: LinearSpec): { names: number[]; dtype: DType }[] {
+  const parts: { names: number[]; dtype: DType }[] = [];
+  spec.names.forEach((name, i) => {
+    const dtype = method.storedDType(source.info(name)!.dtype, spec.label);
+    const last = parts[parts.length - 1];
+    if (last && last.dtype === dtype) last.names.push(i);
+    else parts.push({ names: [i], dtype });
+  });
+  return parts;
+}
+
+/** Checks names, shapes and encodings and counts the bytes they will take; reads and allocates nothing. */
+class Checker implements PartReader<number, number> {
   bytes = 0;
 
   constructor(
     private source: WeightSource,
-    private matrixDType: DType | undefined,
+    private method: QuantMethod,
     private vectorDType: DType,
   ) {}
 
@@ -207,35 +306,61 @@ class Checker implements PartReader<number> {
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new WeightError(`${this.source.description}: tensor "${name}" has shape [${info.shape}], expected [${shape}]`);
     }
+    const block = elementType(info.dtype).blockSize;
+    if (shape[shape.length - 1]! % block !== 0) {
+      throw new WeightError(
+        `${this.source.description}: tensor "${name}" is ${info.dtype} with rows of ${shape[shape.length - 1]}; rows must be whole ${block}-element blocks`,
+      );
+    }
     return info;
   }
 
-  matrix(names: string[], rows: number[], cols: number): number {
-    const infos = names.map((n, i) => this.require(n, [rows[i]!, cols]));
-    const fileDtype = infos[0]!.dtype;
-    if (infos.some((x) => x.dtype !== fileDtype)) {
-      throw new WeightError(`${this.source.description}: tensors ${names.join(", ")} must share one dtype to be fused`);
+  linear(spec: LinearSpec): number {
+    spec.names.forEach((n, i) => this.require(n, [spec.rows[i]!, spec.cols]));
+    spec.biasNames?.forEach((n, i) => this.require(n, [spec.rows[i]!]));
+    let bytes = 0;
+    for (const part of planParts(this.source, this.method, spec)) {
+      const rows = part.names.reduce((a, i) => a + spec.rows[i]!, 0);
+      const stored = elementType(part.dtype);
+      if (spec.cols % stored.blockSize !== 0) {
+        throw new WeightError(`${spec.label}: rows of ${spec.cols} are not whole ${stored.blockSize}-element blocks of ${part.dtype}`);
+      }
+      bytes += bufferBytes(part.dtype, rows * spec.cols);
+      if (this.method.scaled(part.dtype)) bytes += bufferBytes("f32", rows);
     }
-    return this.count(rows.reduce((a, b) => a + b, 0) * cols, this.matrixDType ?? fileDtype);
+    if (spec.biasNames)
+      bytes += bufferBytes(
+        this.vectorDType,
+        spec.rows.reduce((a, b) => a + b, 0),
+      );
+    this.bytes += bytes;
+    return bytes;
   }
 
   vectors(names: string[], sizes: number[]): number {
     names.forEach((n, i) => this.require(n, [sizes[i]!]));
-    return this.count(
-      sizes.reduce((a, b) => a + b, 0),
+    const bytes = bufferBytes(
       this.vectorDType,
+      sizes.reduce((a, b) => a + b, 0),
     );
-  }
-
-  private count(numel: number, dtype: DType): number {
-    const bytes = numel * dtypeBytes(dtype);
     this.bytes += bytes;
     return bytes;
+  }
+
+  table(name: string, rows: number, cols: number): number {
+    const info = this.require(name, [rows, cols]);
+    const bytes = bufferBytes(this.method.tableDType(info.dtype), rows * cols);
+    this.bytes += bytes;
+    return bytes;
+  }
+
+  tiedHead(): number {
+    return 0;
   }
 }
 
 /** Reads tensors already checked by Checker onto the backend. */
-class Loader implements PartReader<Tensor> {
+class Loader implements PartReader<Linear, Tensor> {
   private done = 0;
   private allocated: Tensor[] = [];
   private readonly total: number;
@@ -243,22 +368,37 @@ class Loader implements PartReader<Tensor> {
   constructor(
     private source: WeightSource,
     private backend: Backend,
+    private method: QuantMethod,
     private opts: LoadOptions,
   ) {
     this.total = source.totalBytes;
   }
 
-  /** Matrices stacked by rows into one tensor, in the requested or stored dtype. */
-  matrix(names: string[], rows: number[], cols: number, label: string): Tensor {
-    const fileDtype = this.source.info(names[0]!)!.dtype;
-    const total = rows.reduce((a, b) => a + b, 0);
-    const out = this.alloc([total, cols], this.opts.dtype ?? fileDtype, label);
-    let row = 0;
-    names.forEach((name, i) => {
-      this.readConverted(name, fileDtype, out.rows(row, rows[i]!));
-      row += rows[i]!;
-    });
-    return out;
+  linear(spec: LinearSpec): Linear {
+    const bias = spec.biasNames ? this.vectors(spec.biasNames, spec.rows, `${spec.label}.bias`) : undefined;
+    const parts: LinearPart[] = [];
+    let col = 0;
+    for (const part of planParts(this.source, this.method, spec)) {
+      const rows = part.names.reduce((a, i) => a + spec.rows[i]!, 0);
+      const label = part.names.length === spec.names.length ? spec.label : `${spec.label}[${part.names.join(",")}]`;
+      const weight = this.alloc([rows, spec.cols], part.dtype, label);
+      const scale = this.method.scaled(part.dtype) ? this.alloc([rows], "f32", `${label}.scale`, { kernelResident: true }) : undefined;
+      const scales = scale ? new Float32Array(rows) : undefined;
+      let row = 0;
+      for (const i of part.names) {
+        const n = spec.rows[i]!;
+        const bytes = this.readRaw(spec.names[i]!);
+        const from = this.source.info(spec.names[i]!)!.dtype;
+        const conv = convertMatrix(bytes, from, n, spec.cols, part.dtype);
+        this.backend.writeBytes(weight.rows(row, n), conv.data);
+        if (scales && conv.scales) scales.set(conv.scales, row);
+        row += n;
+      }
+      if (scale && scales) this.backend.write(scale, scales);
+      parts.push({ weight, scale, bias: bias?.rows(col, rows), col });
+      col += rows;
+    }
+    return new Linear(spec.label, spec.cols, col, parts, this.method.name);
   }
 
   /** 1-D parameters concatenated, converted to the backend's activation dtype. */
@@ -268,23 +408,37 @@ class Loader implements PartReader<Tensor> {
     let at = 0;
     names.forEach((name, i) => {
       const { dtype } = this.source.info(name)!;
-      const bytes = new Uint8Array(sizes[i]! * dtypeBytes(dtype));
-      this.source.readInto(name, bytes);
-      values.set(decodeFloats(bytes, dtype, sizes[i]!), at);
+      values.set(decodeMatrix(this.readRaw(name), dtype, 1, sizes[i]!), at);
       at += sizes[i]!;
-      this.progress(bytes.byteLength);
     });
     const out = this.alloc([total], this.backend.activationDType, label);
     this.backend.write(out, values);
     return out;
   }
 
-  private readConverted(name: string, fileDtype: DType, dest: Tensor): void {
-    const n = dest.numel;
-    const bytes = new Uint8Array(n * dtypeBytes(fileDtype));
+  table(name: string, rows: number, cols: number, label: string): Tensor {
+    const from = this.source.info(name)!.dtype;
+    const dtype = this.method.tableDType(from);
+    const out = this.alloc([rows, cols], dtype, label);
+    this.backend.writeBytes(out, convertMatrix(this.readRaw(name), from, rows, cols, dtype).data);
+    return out;
+  }
+
+  tiedHead(embed: Tensor, label: string): Linear {
+    return new Linear(label, embed.shape[1]!, embed.shape[0]!, [{ weight: embed, col: 0 }], "none");
+  }
+
+  private readRaw(name: string): Uint8Array {
+    const info = this.source.info(name)!;
+    const bytes = new Uint8Array(
+      tensorBytes(
+        info.dtype,
+        info.shape.reduce((a, b) => a * b, 1),
+      ),
+    );
     this.source.readInto(name, bytes);
-    this.backend.writeBytes(dest, fileDtype === dest.dtype ? bytes : encodeFloats(decodeFloats(bytes, fileDtype, n), dest.dtype));
     this.progress(bytes.byteLength);
+    return bytes;
   }
 
   private progress(bytes: number): void {
@@ -292,8 +446,8 @@ class Loader implements PartReader<Tensor> {
     this.opts.onProgress?.(this.done, Math.max(this.total, this.done));
   }
 
-  private alloc(shape: number[], dtype: DType, label: string): Tensor {
-    const t = this.backend.alloc(shape, dtype, "weights", label);
+  private alloc(shape: number[], dtype: DType, label: string, opts?: AllocOptions): Tensor {
+    const t = this.backend.alloc(shape, dtype, "weights", label, opts);
     this.allocated.push(t);
     return t;
   }

@@ -2,17 +2,14 @@ import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { mergeEosTokenIds } from "../defaults.js";
+import { type GgufMetadata, readGguf } from "../formats/gguf.js";
 import { checkRegularFile, readJsonFile } from "../formats/regular-file.js";
 import { type ChatMessage, ChatTemplateError, type ChatTemplateOptions, ChatTemplates } from "./chat-template.js";
+import { tokenizerJsonFromGguf } from "./gguf-tokenizer.js";
+import { TokenizerError } from "./tokenizer-error.js";
 
 export type { ChatMessage, ChatTemplateOptions } from "./chat-template.js";
-
-export class TokenizerError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "TokenizerError";
-  }
-}
+export { TokenizerError };
 
 type JsonObject = Record<string, unknown>;
 
@@ -47,14 +44,18 @@ function largestId(hf: HfTokenizer): number {
   return max;
 }
 
-/** The files of a model folder that describe its tokenizer. */
+/** What a tokenizer is made of: a tokenizer.json and a tokenizer_config.json, from a model folder, a GGUF file or memory. */
 interface TokenizerFiles {
-  dir: string;
   tokenizer: JsonObject;
   config: JsonObject;
   /** Stop ids configured for generation, from generation_config.json and config.json. */
   generationEosIds: number[];
   chatTemplates?: ChatTemplates;
+  /** Where the tokenizer came from, for messages: the tokenizer.json path, the GGUF file. */
+  where: string;
+  /** Where the chat template would be, and its key there, for the message when there is none. */
+  templateWhere: string;
+  templateKey: string;
 }
 
 /** Each token's bytes under a byte-level decoder, and the ids skip_special_tokens drops. */
@@ -88,11 +89,13 @@ function readTokenizerFiles(dir: string): TokenizerFiles {
   const generation = readJsonObject(join(dir, "generation_config.json"), false, "");
   const model = readJsonObject(join(dir, "config.json"), false, "");
   return {
-    dir,
     tokenizer,
     config,
     generationEosIds: [...idList(generation?.eos_token_id), ...idList(model?.eos_token_id)],
     chatTemplates: readChatTemplates(dir, config),
+    where: tokenizerPath,
+    templateWhere: configPath,
+    templateKey: "chat_template",
   };
 }
 
@@ -109,7 +112,9 @@ function readChatTemplates(dir: string, config: JsonObject): ChatTemplates | und
 /**
  * A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) with the
  * model's chat template and end-of-sequence ids. Token ids match the Rust
- * `tokenizers` library, which Transformers and vLLM use.
+ * `tokenizers` library, which Transformers and vLLM use. Made from a model
+ * folder, from a GGUF file's tokenizer.ggml.* metadata, or from the two JSON
+ * objects in memory.
  */
 export class Tokenizer {
   /** One past the largest token id, added tokens included. */
@@ -137,13 +142,63 @@ export class Tokenizer {
   }
 
   /** Load the tokenizer of a Hugging Face model folder. */
+  /** A Hugging Face model folder's tokenizer, or a GGUF file's (its tokenizer.ggml.* metadata). */
   static fromDir(modelDir: string): Tokenizer {
-    const files = readTokenizerFiles(modelDir);
+    if (modelDir.toLowerCase().endsWith(".gguf")) return Tokenizer.fromGguf(modelDir);
+    return Tokenizer.build(readTokenizerFiles(modelDir));
+  }
+
+  /**
+   * A tokenizer from the contents of tokenizer.json and tokenizer_config.json (chat_template, special
+   * tokens). `where` names them in errors; `generationEosIds` are more stop ids, as generation_config.json's.
+   */
+  static fromJson(tokenizer: object, config: object = {}, opts: { where?: string; generationEosIds?: number[] } = {}): Tokenizer {
+    const where = opts.where ?? "tokenizer.json";
+    const t = tokenizer as JsonObject;
+    if (typeof t !== "object" || t === null || Array.isArray(t)) throw new TokenizerError(`${where}: expected a JSON object`);
+    if (typeof t.model !== "object" || t.model === null) {
+      throw new TokenizerError(`${where}: missing the "model" object; expected a Hugging Face tokenizers file`);
+    }
+    if (typeof config !== "object" || config === null || Array.isArray(config)) {
+      throw new TokenizerError(`${where}: the tokenizer config must be a JSON object`);
+    }
+    const c = config as JsonObject;
+    return Tokenizer.build({
+      tokenizer: t,
+      config: c,
+      generationEosIds: opts.generationEosIds ?? [],
+      chatTemplates: ChatTemplates.fromConfigValue(c.chat_template, where),
+      where,
+      templateWhere: where,
+      templateKey: "chat_template",
+    });
+  }
+
+  /**
+   * The tokenizer of a GGUF file (a path, or its parsed metadata), from its tokenizer.ggml.* keys and
+   * tokenizer.chat_template; see gguf-tokenizer.ts for what is supported. End-of-sequence ids are the
+   * ones llama.cpp stops on: eos, eot and eom ids, and end-of-turn tokens (<|im_end|>, <|eot_id|>, ...).
+   */
+  static fromGguf(source: string | GgufMetadata, where = typeof source === "string" ? source : "GGUF metadata"): Tokenizer {
+    const metadata = typeof source === "string" ? readGguf(source).metadata : source;
+    const json = tokenizerJsonFromGguf(metadata, where);
+    return Tokenizer.build({
+      tokenizer: json.tokenizer,
+      config: json.config,
+      generationEosIds: json.eosTokenIds,
+      chatTemplates: ChatTemplates.fromConfigValue(json.config.chat_template, where),
+      where,
+      templateWhere: where,
+      templateKey: "tokenizer.chat_template",
+    });
+  }
+
+  private static build(files: TokenizerFiles): Tokenizer {
     let hf: HfTokenizer;
     try {
       hf = new HfTokenizer(files.tokenizer, files.config);
     } catch (err) {
-      throw new TokenizerError(`${join(modelDir, "tokenizer.json")}: cannot build the tokenizer (${(err as Error).message})`);
+      throw new TokenizerError(`${files.where}: cannot build the tokenizer (${(err as Error).message})`);
     }
     return new Tokenizer(hf, files);
   }
@@ -238,8 +293,8 @@ export class Tokenizer {
     const templates = this.files.chatTemplates;
     if (!templates) {
       throw new ChatTemplateError(
-        join(this.files.dir, "tokenizer_config.json"),
-        `the model has no chat template ("chat_template" is missing); send plain prompts instead`,
+        this.files.templateWhere,
+        `the model has no chat template ("${this.files.templateKey}" is missing); send plain prompts instead`,
       );
     }
     return templates.render(messages, opts, this.specialTokens);

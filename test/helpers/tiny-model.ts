@@ -57,7 +57,7 @@ const ARCHS: Record<TinyArch, ArchInfo> = {
   qwen3: { architecture: "Qwen3ForCausalLM", ropeTheta: 1000000, rmsNormEps: 1e-6, qkvBias: false, qkNorm: true },
 };
 
-const TORCH_DTYPE: Record<DType, string> = { f32: "float32", f16: "float16", bf16: "bfloat16", i32: "int32" };
+const TORCH_DTYPE: Partial<Record<DType, string>> = { f32: "float32", f16: "float16", bf16: "bfloat16", i32: "int32" };
 
 /** Options with every default filled in. */
 type Resolved = Required<Omit<TinyModelOptions, "ropeScaling">> & { ropeScaling: Record<string, unknown> | null; headDimGiven: boolean };

@@ -1,7 +1,21 @@
 import { cpus, freemem, totalmem } from "node:os";
 import { MemoryLedger, type MemoryReport, type MemoryStats } from "../allocator.js";
 import type { AllocOptions, AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
-import { type DType, dtypeBytes, encodeFloats, f16ToF32Table } from "../dtype.js";
+import {
+  type DType,
+  denseDType,
+  elementType,
+  encodeFloats,
+  f16ToF32Table,
+  isBlockType,
+  isFloatType,
+  isQuantType,
+  tensorBytes,
+} from "../dtype.js";
+import { KernelMemory } from "./kernel-memory.js";
+import type { QuantLinearArgs } from "./quant-linear.js";
+import { QUANT_KERNELS, type QuantKind } from "./wasm-quant.js";
+import { blockCodec } from "../../quant/ggml-quants.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
 import { ThreadPool } from "./pool.js";
@@ -11,6 +25,8 @@ import { type LinearModule, wasmModule } from "./wasm-linear.js";
 
 interface CpuStorage extends Storage {
   readonly handle: SharedArrayBuffer;
+  /** Byte address in the kernel memory for storages placed there (quantized weights), else undefined: the storage is all of `handle`. */
+  readonly address?: number;
   /** The logits live in a shared wasm memory, so sample.wat reads them where they are. */
   readonly wasm?: WebAssembly.Memory;
   readonly f32: Float32Array;
@@ -32,10 +48,13 @@ export class CpuBackend implements Backend {
   readonly name = "cpu";
   readonly activationDType: DType = "f32";
   readonly pool: ThreadPool;
+  readonly kernelMemory = new KernelMemory();
   private ledger = new MemoryLedger();
+  /** Staging for the activations of quantized products, in the kernel memory (grown on demand). */
+  private quantWorkspace: { address: number; bytes: number } | undefined;
 
   constructor(opts: CpuBackendOptions = {}) {
-    this.pool = new ThreadPool(opts.threads);
+    this.pool = new ThreadPool(opts.threads, { kernelMemory: this.kernelMemory.memory });
   }
 
   get threads(): number {
@@ -51,7 +70,8 @@ export class CpuBackend implements Backend {
   alloc(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string, opts: AllocOptions = {}): Tensor {
     const numel = shape.reduce((a, b) => a * b, 1);
     // Round up to 4 bytes so every storage can be viewed as f32/i32 too.
-    const bytes = Math.ceil((numel * dtypeBytes(dtype)) / 4) * 4;
+    const bytes = Math.ceil(tensorBytes(dtype, numel) / 4) * 4;
+    if (isQuantType(dtype) || opts.kernelResident) return this.allocResident(shape, dtype, tag, label, bytes);
     if (bytes >= 2 ** 32) {
       throw new RangeError(
         `CPU backend: "${label}" needs ${bytes} bytes in one buffer; a single buffer must stay under 4 GiB (lower the KV cache size or the batch limits)`,
@@ -75,8 +95,35 @@ export class CpuBackend implements Backend {
     return new Tensor(storage, dtype, shape);
   }
 
+  /** A storage inside the kernel memory, where the quantized kernels of every thread read it in place. */
+  private allocResident(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string, bytes: number): Tensor {
+    const address = this.kernelMemory.alloc(bytes);
+    if (address === undefined) {
+      throw new RangeError(
+        `CPU backend: "${label}" (${bytes} bytes) does not fit in the kernel memory beside ${this.kernelMemory.usedBytes} bytes already there; ` +
+          `quantized weights must fit in 4 GiB on this backend`,
+      );
+    }
+    const sab = this.kernelMemory.buffer;
+    const storage: CpuStorage = {
+      id: this.ledger.newId(),
+      bytes,
+      tag,
+      label,
+      handle: sab,
+      address,
+      f32: new Float32Array(sab, address, bytes / 4),
+      u16: new Uint16Array(sab, address, bytes / 2),
+      i32: new Int32Array(sab, address, bytes / 4),
+    };
+    this.ledger.add(storage);
+    return new Tensor(storage, dtype, shape);
+  }
+
   free(storage: Storage): void {
     this.ledger.remove(storage);
+    const address = (storage as CpuStorage).address;
+    if (address !== undefined) this.kernelMemory.release(address);
   }
 
   memoryStats(): MemoryStats {
@@ -92,18 +139,19 @@ export class CpuBackend implements Backend {
   }
 
   writeBytes(dst: Tensor, bytes: Uint8Array): void {
-    const need = dst.numel * dtypeBytes(dst.dtype);
+    const need = dst.byteLength;
     if (!dst.isContiguous || bytes.byteLength !== need) {
       throw new Error(`writeBytes: ${bytes.byteLength} bytes into ${dst} (needs ${need}, contiguous)`);
     }
-    new Uint8Array(st(dst).handle, dst.byteOffset, need).set(bytes);
+    const s = st(dst);
+    new Uint8Array(s.handle, (s.address ?? 0) + dst.byteOffset, need).set(bytes);
   }
 
   write(dst: Tensor, values: ArrayLike<number>): void {
     if (values.length !== dst.numel) throw new Error(`write: ${values.length} values into ${dst}`);
     if (dst.dtype === "f32") st(dst).f32.set(values, dst.offset);
     else if (dst.dtype === "i32") st(dst).i32.set(values, dst.offset);
-    else this.writeBytes(dst, encodeFloats(values, dst.dtype));
+    else this.writeBytes(dst, encodeFloats(values, denseDType(dst.dtype, "write")));
   }
 
   read(src: Tensor): Float32Array {
@@ -197,11 +245,15 @@ export class CpuBackend implements Backend {
     }
   }
 
-  linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor): void {
+  linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor, scale?: Tensor): void {
     const [N, K] = weight.shape as [number, number];
     const M = x.shape[0]!;
     expectShape("linear x", x, [M, K]);
     expectShape("linear out", out, [M, N]);
+    if (isQuantType(weight.dtype)) {
+      this.quantLinear(out, x, weight, bias, scale);
+      return;
+    }
     const args: LinearArgs = {
       out: mat(out, st(out).f32),
       x: mat(x, st(x).f32),
@@ -213,6 +265,74 @@ export class CpuBackend implements Backend {
     };
     if (bias) expectShape("linear bias", bias, [N]);
     this.pool.run({ kind: "linear", args }, N, 4);
+  }
+
+  /**
+   * linear() over a quantized weight (see quant-linear.ts): x is copied into the kernel memory and
+   * quantized there once, then the threads read the weight in place.
+   */
+  private quantLinear(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | undefined, scale: Tensor | undefined): void {
+    const [N, K] = weight.shape as [number, number];
+    const M = x.shape[0]!;
+    const kind = quantKind(weight.dtype);
+    const kernel = QUANT_KERNELS[kind];
+    const ws = st(weight);
+    if (ws.address === undefined) throw new Error(`linear: ${weight} is not in the kernel memory`);
+    if (kernel.rowScales !== (scale !== undefined))
+      throw new Error(`linear: ${weight.dtype} weights ${kernel.rowScales ? "need" : "take no"} a scale tensor`);
+    if (scale && (scale.dtype !== "f32" || scale.numel !== N || st(scale).address === undefined)) {
+      throw new Error(`linear: the scales of ${weight} must be f32 [${N}] in the kernel memory, got ${scale}`);
+    }
+    if (bias) expectShape("linear bias", bias, [N]);
+    if (K % kernel.blockSize !== 0 || (kernel.activation === "q8_k" && K % 256 !== 0)) {
+      throw new Error(`linear: ${K} input features are not whole blocks of ${weight.dtype}`);
+    }
+    const blocks = K / kernel.blockSize;
+    const xqRowBytes = blocks * kernel.actBlockBytes;
+    const tileRows = 64;
+    const tileBytes = M * tileRows * 4;
+    const stagedBytes = M * K * 4;
+    const xqBytes = Math.ceil((M * xqRowBytes) / 64) * 64;
+    const base = this.workspace(stagedBytes + xqBytes + this.pool.threads * tileBytes);
+    const staged = base;
+    const xq = base + stagedBytes;
+    // x rows into the kernel memory, then into the activation format, once for all threads.
+    const mem = new Float32Array(this.kernelMemory.buffer);
+    const xs = st(x).f32;
+    for (let m = 0; m < M; m++) {
+      const src = x.offset + m * x.rowStride;
+      mem.set(xs.subarray(src, src + K), staged / 4 + m * K);
+    }
+    const local = this.pool.local.quant();
+    for (let m = 0; m < M; m++) local.quantize(kind, staged + m * K * 4, K, xq + m * xqRowBytes);
+    const args: QuantLinearArgs = {
+      kind,
+      w: ws.address + weight.byteOffset,
+      wRowBytes: tensorBytes(weight.dtype, weight.rowStride),
+      xq,
+      xqRowBytes,
+      rows: M,
+      blocks,
+      tiles: xq + xqBytes,
+      tileBytes,
+      tileRows,
+      scale: scale ? st(scale).address! + scale.byteOffset : 0,
+      out: mat(out, st(out).f32),
+      bias: bias ? f32Weights(bias) : null,
+    };
+    this.pool.run({ kind: "qlinear", args }, N, 4);
+  }
+
+  /** `bytes` of kernel memory for quantLinear's staging, reused across calls and grown when too small. */
+  private workspace(bytes: number): number {
+    const have = this.quantWorkspace;
+    if (have && have.bytes >= bytes) return have.address;
+    if (have) this.kernelMemory.release(have.address);
+    const size = Math.max(bytes, (have?.bytes ?? 0) * 2);
+    const address = this.kernelMemory.alloc(size);
+    if (address === undefined) throw new RangeError(`CPU backend: no room in the kernel memory for ${size} bytes of activation staging`);
+    this.quantWorkspace = { address, bytes: size };
+    return address;
   }
 
   ropeAndCacheWrite(
@@ -335,6 +455,12 @@ export class CpuBackend implements Backend {
   dispose(): void {
     this.pool.dispose();
   }
+
+  /** The raw bytes of a contiguous tensor (any encoding). */
+  readBytes(src: Tensor): Uint8Array {
+    const s = st(src);
+    return new Uint8Array(s.handle, (s.address ?? 0) + src.byteOffset, src.byteLength).slice();
+  }
 }
 
 /** A shared wasm memory of at least `bytes` (whole 64 KiB pages). */
@@ -366,6 +492,13 @@ function rowKernels(mem: WebAssembly.Memory): RowKernels {
   return k;
 }
 
+/** The kernel family computing with weights of `dtype`. */
+function quantKind(dtype: DType): QuantKind {
+  if (dtype === "fp8_e4m3") return "fp8";
+  if (!(dtype in QUANT_KERNELS)) throw new Error(`linear: no CPU kernel for ${dtype} weights`);
+  return dtype as QuantKind;
+}
+
 function st(t: Tensor): CpuStorage {
   return t.storage as CpuStorage;
 }
@@ -375,7 +508,7 @@ function mat<A>(t: Tensor, data: A): Mat<A> {
 }
 
 function weightKind(t: Tensor): WeightKind {
-  if (t.dtype === "i32") throw new Error(`linear: weight ${t} must be a float tensor`);
+  if (!isFloatType(t.dtype)) throw new Error(`linear: weight ${t} must be a float tensor`);
   return t.dtype;
 }
 
@@ -417,6 +550,12 @@ function rowDecoder(table: Tensor): (src: number, n: number, dst: Float32Array, 
     return (src, n, dst, dOff) => {
       for (let i = 0; i < n; i++) dst[dOff + i] = tab[s.u16[src + i]!]!;
     };
+  }
+  if (isBlockType(table.dtype)) {
+    // GGUF tables are often quantized (Q4_K_M keeps token_embd in Q4_K or Q6_K): decode the rows gathered.
+    const codec = blockCodec(elementType(table.dtype).ggmlName!);
+    const bytes = new Uint8Array(s.handle, s.address ?? 0, s.bytes);
+    return (src, n, dst, dOff) => codec.dequantize(bytes, tensorBytes(table.dtype, src), dst, dOff, n);
   }
   throw new Error(`embedding table ${table} must be a float tensor`);
 }

@@ -8,6 +8,7 @@
 import { f16ToF32Table } from "../dtype.js";
 import { WasmAttention } from "./wasm-attention.js";
 import { WasmLinear } from "./wasm-linear.js";
+import { QuantThread } from "./quant-linear.js";
 
 /** Weight element encodings the kernels read directly. */
 export type WeightKind = "f32" | "bf16" | "f16";
@@ -43,10 +44,24 @@ export class Scratch {
    * `linearModule`: the compiled linear.wat (see linearWasmModule()), or null for the JavaScript
    * linearRange; `attentionModule`: attention.wat likewise, or null for attentionRangeJs.
    */
+  private quantThread: QuantThread | null = null;
+
   constructor(
     private readonly linearModule: WebAssembly.Module | null = null,
     private readonly attentionModule: WebAssembly.Module | null = null,
+    /** The kernel memory, quant.wat (or null for the JavaScript twins) and this thread's tile slot. */
+    private readonly quantKernels: { memory: WebAssembly.Memory; module: WebAssembly.Module | null; slot: number } | null = null,
   ) {}
+
+  /** This thread's quantized-weight kernels over the kernel memory. */
+  quant(): QuantThread {
+    if (!this.quantThread) {
+      const q = this.quantKernels;
+      if (!q) throw new Error("a quantized matrix product reached a thread without the kernel memory");
+      this.quantThread = new QuantThread(q.memory, q.module, q.slot);
+    }
+    return this.quantThread;
+  }
 
   /** This thread's wasm kernels, instantiated on first use; null when running the JavaScript fallback. */
   linear(): WasmLinear | null {

@@ -1,11 +1,13 @@
 import { availableParallelism } from "node:os";
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { type AttentionArgs, attentionRange, type LinearArgs, linearRange, Scratch } from "./kernels.js";
+import type { QuantLinearArgs } from "./quant-linear.js";
 import { PLAN_STRIDE, planAttention, wasmAttentionFits } from "./wasm-attention.js";
 import { type LinearModule, wasmModules } from "./wasm-linear.js";
 
 /** A parallel kernel call: the kernel name and its arguments (typed arrays over SharedArrayBuffers are shared, not copied). */
-export type Task = { kind: "linear"; args: LinearArgs } | { kind: "attention"; args: AttentionArgs };
+export type Task =
+  { kind: "linear"; args: LinearArgs } | { kind: "qlinear"; args: QuantLinearArgs } | { kind: "attention"; args: AttentionArgs };
 
 export interface TaskMessage {
   task: Task;
@@ -20,6 +22,7 @@ const HEADER = 2;
 
 export function runTask(task: Task, start: number, end: number, scratch: Scratch): void {
   if (task.kind === "linear") linearRange(task.args, start, end, scratch);
+  else if (task.kind === "qlinear") scratch.quant().run(task.args, start, end);
   else attentionRange(task.args, start, end, scratch);
 }
 
@@ -37,6 +40,8 @@ export interface ThreadPoolOptions {
   linear?: "wasm" | "js";
   /** Attention implementation, likewise; default: $TOKAMAK_CPU_ATTENTION if "js" or "wasm", else "wasm". */
   attention?: "wasm" | "js";
+  /** The shared memory the quantized-weight kernels read in place (see kernel-memory.ts). */
+  kernelMemory?: WebAssembly.Memory;
 }
 
 export class ThreadPool {
@@ -49,6 +54,8 @@ export class ThreadPool {
   readonly attentionImpl: LinearModule["impl"];
   /** Why attention runs in JavaScript ("" when it runs in wasm). */
   readonly attentionFallbackReason: string;
+  /** What runs the quantized-weight products: "wasm-simd" or "js". */
+  readonly quantImpl: LinearModule["impl"];
   private workers: Worker[] = [];
   private ports: MessagePort[] = [];
   private errorPorts: MessagePort[] = [];
@@ -62,7 +69,7 @@ export class ThreadPool {
     const attEnv = process.env.TOKAMAK_CPU_ATTENTION;
     const wantAtt = opts.attention ?? (attEnv === "js" || attEnv === "wasm" ? attEnv : "wasm");
     // Both modules in one call, so that they are assembled concurrently (see wasmModules).
-    const files = [...(want === "wasm" ? ["linear.wat"] : []), ...(wantAtt === "wasm" ? ["attention.wat"] : [])];
+    const files = [...(want === "wasm" ? ["linear.wat", "quant.wat"] : []), ...(wantAtt === "wasm" ? ["attention.wat"] : [])];
     const modules = wasmModules(files);
     const wasm = (file: string) => modules[files.indexOf(file)]!;
     const linear: LinearModule =
@@ -75,7 +82,10 @@ export class ThreadPool {
         : { module: null, impl: "js", reason: opts.attention ? "asked for" : "TOKAMAK_CPU_ATTENTION=js" };
     this.attentionImpl = attention.impl;
     this.attentionFallbackReason = attention.reason;
-    this.scratch = new Scratch(linear.module, attention.module);
+    const quant = want === "wasm" ? wasm("quant.wat") : linear;
+    this.quantImpl = quant.impl;
+    const kernelMemory = opts.kernelMemory ?? new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    this.scratch = new Scratch(linear.module, attention.module, { memory: kernelMemory, module: quant.module, slot: 0 });
     const helpers = this.threads - 1;
     this.ctrl = new Int32Array(new SharedArrayBuffer(4 * (HEADER + helpers)));
     for (let i = 0; i < helpers; i++) {
@@ -90,6 +100,9 @@ export class ThreadPool {
           errors: errors.port2,
           linearModule: linear.module,
           attentionModule: attention.module,
+          quantModule: quant.module,
+          kernelMemory,
+          slot: i + 1,
         },
         transferList: [tasks.port2, errors.port2],
       });
@@ -98,6 +111,11 @@ export class ThreadPool {
       this.ports.push(tasks.port1);
       this.errorPorts.push(errors.port1);
     }
+  }
+
+  /** The calling thread's kernels and scratch. */
+  get local(): Scratch {
+    return this.scratch;
   }
 
   /** Run `task` over work items [0, total), split into contiguous slices whose starts are multiples of `align`. */

@@ -3,17 +3,20 @@ import { type MessagePort, receiveMessageOnPort, workerData } from "node:worker_
 import { Scratch } from "./kernels.js";
 import { runTask, type TaskMessage } from "./pool.js";
 
-const { ctrl, index, tasks, errors, linearModule, attentionModule } = workerData as {
+const { ctrl, index, tasks, errors, linearModule, attentionModule, quantModule, kernelMemory, slot } = workerData as {
   ctrl: Int32Array;
   index: number;
   tasks: MessagePort;
   errors: MessagePort;
   linearModule: WebAssembly.Module | null;
   attentionModule: WebAssembly.Module | null;
+  quantModule: WebAssembly.Module | null;
+  kernelMemory: WebAssembly.Memory;
+  slot: number;
 };
 const PENDING = 0;
 const FAILED = 1;
-const scratch = new Scratch(linearModule, attentionModule);
+const scratch = new Scratch(linearModule, attentionModule, { memory: kernelMemory, module: quantModule, slot });
 
 let seen = 0;
 for (;;) {

@@ -23,7 +23,7 @@
 // (RoPE) instead of reading out of bounds; the engine validates those values before a step.
 import { type MemoryReport, type MemoryStats } from "../allocator.js";
 import type { AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
-import { decodeFloats, type DType, dtypeBytes, encodeFloats } from "../dtype.js";
+import { decodeFloats, denseDType, type DType, dtypeBytes, encodeFloats, isFloatType } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { SampleOutput, SampleRow } from "../sampling.js";
 import { sampleRows } from "../cpu/sample.js";
@@ -222,7 +222,7 @@ export class CudaBackend implements Backend {
 
   write(dst: Tensor, values: ArrayLike<number>): void {
     if (values.length !== dst.numel) throw new Error(`write: ${values.length} values into ${dst}; expected ${dst.numel}`);
-    this.writeBytes(dst, encodeFloats(values, dst.dtype));
+    this.writeBytes(dst, encodeFloats(values, denseDType(dst.dtype, "write")));
   }
 
   /**
@@ -250,7 +250,7 @@ export class CudaBackend implements Backend {
     const bytes = new Uint8Array(span * elem);
     this.driver.memcpyDtoHAsync(bytes, devicePtr(src).offset(src.byteOffset, bytes.byteLength), bytes.byteLength, this.stream);
     this.driver.streamSynchronize(this.stream);
-    const all = decodeFloats(bytes, src.dtype, span);
+    const all = decodeFloats(bytes, denseDType(src.dtype, "read"), span);
     if (src.isContiguous) return all.length === n ? all : all.slice(0, n);
     const out = new Float32Array(n);
     const idx = new Array<number>(src.shape.length).fill(0);
@@ -641,7 +641,7 @@ function alignUp(n: number, a: number): number {
 }
 
 function floatType(what: string, t: Tensor): KernelDType {
-  if (t.dtype === "i32") throw new Error(`${what}: ${t} is i32; expected a float tensor (f32, f16 or bf16)`);
+  if (!isFloatType(t.dtype)) throw new Error(`${what}: ${t} is ${t.dtype}; expected a float tensor (f32, f16 or bf16)`);
   return t.dtype;
 }
 

@@ -32,6 +32,76 @@ export const KERNEL_DTYPES: readonly KernelDType[] = ["f32", "f16", "bf16"];
 /** The C++ element type a dtype template argument is spelled as. */
 export const CUDA_TYPE: Readonly<Record<KernelDType, string>> = { f32: "float", f16: "tk::f16", bf16: "tk::bf16" };
 
+/**
+ * Quantized weight formats (template parameter kind "quant", the tags of quant_blocks.cuh): ggml's block formats and
+ * two per-channel ones of our own (int8 / e4m3 bytes with an f32 scale per row or per tensor).
+ */
+export type QuantType = "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q4_k" | "q5_k" | "q6_k" | "mxfp4" | "int8" | "fp8_e4m3";
+export const QUANT_TYPES: readonly QuantType[] = [
+  "q8_0",
+  "q4_0",
+  "q4_1",
+  "q5_0",
+  "q5_1",
+  "q4_k",
+  "q5_k",
+  "q6_k",
+  "mxfp4",
+  "int8",
+  "fp8_e4m3",
+];
+
+/** The C++ tag a quant template argument is spelled as. */
+export const QUANT_CUDA_TYPE: Readonly<Record<QuantType, string>> = {
+  q8_0: "tk::Q8_0",
+  q4_0: "tk::Q4_0",
+  q4_1: "tk::Q4_1",
+  q5_0: "tk::Q5_0",
+  q5_1: "tk::Q5_1",
+  q4_k: "tk::Q4_K",
+  q5_k: "tk::Q5_K",
+  q6_k: "tk::Q6_K",
+  mxfp4: "tk::MXFP4",
+  int8: "tk::INT8",
+  fp8_e4m3: "tk::FP8_E4M3",
+};
+
+/**
+ * Elements per block and bytes per block (QB<Q>::kQK / kBytes of quant_blocks.cuh; ggml-common.h's block structs).
+ * int8 / fp8_e4m3 are one byte per element, counted in "blocks" of 32; `rowScale`: they take an f32 scale per row.
+ */
+export const QUANT_BLOCK: Readonly<Record<QuantType, { elems: number; bytes: number; rowScale: boolean }>> = {
+  q8_0: { elems: 32, bytes: 34, rowScale: false },
+  q4_0: { elems: 32, bytes: 18, rowScale: false },
+  q4_1: { elems: 32, bytes: 20, rowScale: false },
+  q5_0: { elems: 32, bytes: 22, rowScale: false },
+  q5_1: { elems: 32, bytes: 24, rowScale: false },
+  q4_k: { elems: 256, bytes: 144, rowScale: false },
+  q5_k: { elems: 256, bytes: 176, rowScale: false },
+  q6_k: { elems: 256, bytes: 210, rowScale: false },
+  mxfp4: { elems: 32, bytes: 17, rowScale: false },
+  int8: { elems: 32, bytes: 32, rowScale: true },
+  fp8_e4m3: { elems: 32, bytes: 32, rowScale: true },
+};
+
+/** Bytes of one weight row of k elements (k a multiple of the block size, which this checks). */
+export function quantRowBytes(type: QuantType, k: number): number {
+  const b = QUANT_BLOCK[type];
+  if (!Number.isInteger(k) || k <= 0 || k % b.elems !== 0)
+    throw new RangeError(`${type}: row length ${k} is not a positive multiple of ${b.elems}`);
+  return (k / b.elems) * b.bytes;
+}
+
+/** Most activation rows one quant_gemv launch takes (its ROWS template parameter's largest value). */
+export const QUANT_GEMV_MAX_ROWS = 8;
+
+/** The ROWS template argument of quant_gemv for a batch of numRows (1..8): the smallest of 1, 2, 4, 8 that holds it. */
+export function quantGemvRows(numRows: number): 1 | 2 | 4 | 8 {
+  if (!Number.isInteger(numRows) || numRows < 1 || numRows > QUANT_GEMV_MAX_ROWS)
+    throw new RangeError(`quant_gemv takes 1 to ${QUANT_GEMV_MAX_ROWS} activation rows, got ${numRows}`);
+  return numRows <= 1 ? 1 : numRows <= 2 ? 2 : numRows <= 4 ? 4 : 8;
+}
+
 export type ArgType = "ptr" | "i32" | "f32";
 /** Bytes of each argument's value in the kernelParams buffer. */
 export const ARG_BYTES: Readonly<Record<ArgType, number>> = { ptr: 8, i32: 4, f32: 4 };
@@ -41,7 +111,8 @@ export interface KernelArg {
   readonly type: ArgType;
   /**
    * For pointers: the element type, either a dtype template parameter's name ("T", "W", "TO", "TI") or
-   * "i32"/"f32", or "u32"/"f64" (32-bit unsigned words, doubles: the sampling kernels' masks, keys and parameters).
+   * "i32"/"f32", or "u32"/"f64" (32-bit unsigned words, doubles: the sampling kernels' masks, keys and parameters),
+   * or "u8" (bytes: quantized weights and e4m3 activations).
    */
   readonly elem?: string;
   /** For pointers: 0 is allowed and means "absent". */
@@ -51,13 +122,14 @@ export interface KernelArg {
 
 export interface TemplateParam {
   readonly name: string;
-  readonly kind: "dtype" | "int";
+  /** "quant": a quantized weight format (QuantType), spelled as its quant_blocks.cuh tag. */
+  readonly kind: "dtype" | "int" | "quant";
   /** The values compiled in CI (instantiations()); `doc` says which others NVRTC accepts. */
-  readonly values: readonly (KernelDType | number)[];
+  readonly values: readonly (KernelDType | QuantType | number)[];
   readonly doc: string;
 }
 
-export type TemplateArgs = Readonly<Record<string, KernelDType | number>>;
+export type TemplateArgs = Readonly<Record<string, KernelDType | QuantType | number>>;
 
 export interface LaunchConfig {
   grid: [number, number, number];
@@ -92,7 +164,7 @@ export function nvrtcOptions(arch: string): string[] {
 }
 
 /** Headers every kernel file includes (pass them to nvrtcCreateProgram with these include names). */
-export const KERNEL_HEADERS: readonly string[] = ["common.cuh"];
+export const KERNEL_HEADERS: readonly string[] = ["common.cuh", "quant_blocks.cuh"];
 
 /** The folder holding the .cu/.cuh sources: beside this module, or the repository's src/ when running from dist/. */
 export function kernelSourceDir(): string {
@@ -116,7 +188,12 @@ export function nameExpression(spec: KernelSpec, template: TemplateArgs): string
     if (p.kind === "dtype") {
       if (typeof v !== "string" || !(v in CUDA_TYPE))
         throw new Error(`${spec.name}: ${p.name} must be one of ${KERNEL_DTYPES.join(", ")}, got ${v}`);
-      return CUDA_TYPE[v];
+      return CUDA_TYPE[v as KernelDType];
+    }
+    if (p.kind === "quant") {
+      if (typeof v !== "string" || !(v in QUANT_CUDA_TYPE))
+        throw new Error(`${spec.name}: ${p.name} must be one of ${QUANT_TYPES.join(", ")}, got ${v}`);
+      return QUANT_CUDA_TYPE[v as QuantType];
     }
     if (typeof v !== "number" || !Number.isInteger(v)) throw new Error(`${spec.name}: ${p.name} must be an integer, got ${v}`);
     return String(v);
@@ -126,7 +203,7 @@ export function nameExpression(spec: KernelSpec, template: TemplateArgs): string
 
 /** Every instantiation of the template parameters' listed values, less those `skip` leaves out. */
 export function instantiations(spec: KernelSpec): TemplateArgs[] {
-  let combos: Record<string, KernelDType | number>[] = [{}];
+  let combos: Record<string, KernelDType | QuantType | number>[] = [{}];
   for (const p of spec.templateParams) combos = combos.flatMap((c) => p.values.map((v) => ({ ...c, [p.name]: v })));
   return combos.filter((c) => !spec.skip?.(c));
 }
@@ -141,7 +218,12 @@ function columnsLaunch(rows: number, cols: number): LaunchConfig {
   return { grid: [ceilDiv(cols, 2048), Math.min(rows, 65535), 1], block: [256, 1, 1], sharedBytes: 0 };
 }
 
-const dtypeParam = (name: string, doc: string): TemplateParam => ({ name, kind: "dtype", values: KERNEL_DTYPES, doc });
+const dtypeParam = (name: string, doc: string, values: readonly KernelDType[] = KERNEL_DTYPES): TemplateParam => ({
+  name,
+  kind: "dtype",
+  values,
+  doc,
+});
 const ptr = (name: string, elem: string, doc: string, nullable = false): KernelArg => ({
   name,
   type: "ptr",
@@ -550,6 +632,112 @@ export const GATHER_LOGPROBS: KernelSpec<"numRows"> = {
   launch: rowsLaunch,
 };
 
+// ---------------------------------------------------------------- quantized weights (quant_blocks.cuh, quant_gemv.cu, quant_dequant.cu, quant_fp8.cu)
+
+const quantParam = (doc: string): TemplateParam => ({ name: "Q", kind: "quant", values: QUANT_TYPES, doc });
+const u8ptr = (name: string, doc: string) => ptr(name, "u8", doc);
+
+export const QUANT_GEMV: KernelSpec<"n"> = {
+  name: "tk::quant_gemv",
+  file: "quant_gemv.cu",
+  doc:
+    "out[m, n] = rowScale(n) · Σ_k x[m, k] · W[n, k] (+ bias[n]) for m < numRows ≤ ROWS: the dequant-fused matrix-vector product of decode " +
+    "(f32 accumulation). W in a quantized format (ggml blocks, or int8 / e4m3 with per-row scales); see the header of quant_gemv.cu. " +
+    "Use quantGemvRows(numRows) for ROWS; batches over 8 rows go through dequant_rows + the bf16 GEMM.",
+  templateParams: [
+    quantParam("weight format; k must be a multiple of its block size (QUANT_BLOCK)"),
+    dtypeParam("T", "activation (x, out) dtype; NVRTC also accepts f16", ["f32", "bf16"]),
+    { name: "ROWS", kind: "int", values: [1, 2, 4, 8], doc: "activation rows the instantiation holds (numRows ≤ ROWS); 1, 2, 4 or 8" },
+  ],
+  args: [
+    ptr("out", "T", "[numRows, outStride] output"),
+    i32("outStride", "elements between output rows"),
+    ptr("x", "T", "[numRows, xStride] activations"),
+    i32("xStride", "elements between activation rows"),
+    u8ptr("w", "[n, k] quantized weights: n rows of quantRowBytes(Q, k) bytes, 16-byte aligned"),
+    ptr("scale", "f32", "int8 / fp8_e4m3: row n's scale at scale[n · scaleStride]; ignored (0) for the block formats", true),
+    i32("scaleStride", "1: a scale per row, 0: one for the tensor"),
+    ptr("bias", "f32", "[n] f32 bias, 0: none", true),
+    i32("numRows", "activation rows, 1..ROWS"),
+    i32("n", "output features (weight rows)"),
+    i32("k", "input features, a multiple of the format's block size"),
+  ],
+  launchSizes: ["n"],
+  launchDoc: "grid (ceil(n / 8)), block 128 (required); static shared ≈ 20 KiB of x + ≤ 1 KiB of sums + ≤ 13.5 KiB of weight stages",
+  launch: ({ n }) => ({ grid: [ceilDiv(n, 8), 1, 1], block: [128, 1, 1], sharedBytes: 0 }),
+  // CI compiles f32 activations at ROWS 1 only (the f32 path differs from bf16 in its loads alone); NVRTC takes all.
+  skip: (t) => t.T === "f32" && t.ROWS !== 1,
+};
+
+export const DEQUANT_ROWS: KernelSpec<"numRows" | "cols"> = {
+  name: "tk::dequant_rows",
+  file: "quant_dequant.cu",
+  doc:
+    "out[r, c] = W[r, c] dequantized (ggml's dequantize_row_* values; q · scale for int8 / fp8_e4m3), rounded to TO: the weight tile " +
+    "of the large-batch path (dequantize, then the bf16 cuBLASLt GEMM).",
+  templateParams: [quantParam("weight format"), dtypeParam("TO", "output dtype; NVRTC also accepts f32 and f16", ["bf16"])],
+  args: [
+    ptr("out", "TO", "[numRows, outStride] output"),
+    i32("outStride", "elements between output rows"),
+    u8ptr("w", "the first row's bytes (a tile of rows r0.. is w + r0 · quantRowBytes(Q, cols))"),
+    ptr(
+      "scale",
+      "f32",
+      "int8 / fp8_e4m3: row r's scale at scale[r · scaleStride] (the tile's first row's); ignored for block formats",
+      true,
+    ),
+    i32("scaleStride", "1: a scale per row, 0: one for the tensor"),
+    i32("numRows", "rows to dequantize"),
+    i32("cols", "row length, a multiple of the format's block size"),
+  ],
+  launchSizes: ["numRows", "cols"],
+  launchDoc: "grid (ceil(cols / 2048), min(numRows, 65535)), block 128 (required); 16 elements per thread, rows over grid.y",
+  launch: ({ numRows, cols }) => ({ grid: [ceilDiv(cols, 2048), Math.min(numRows, 65535), 1], block: [128, 1, 1], sharedBytes: 0 }),
+};
+
+export const ABSMAX_ROWS: KernelSpec<"numRows"> = {
+  name: "tk::absmax_rows",
+  file: "quant_fp8.cu",
+  doc:
+    "max |x| per row (perRow ≠ 0: amax[r]) or over the tensor (perRow = 0: atomicMax into amax[0], zeroed first with cuMemsetD32Async): " +
+    "step 1 of the FP8 activation quantization (see the header of quant_fp8.cu).",
+  templateParams: [dtypeParam("T", "activation dtype; NVRTC also accepts f16", ["f32", "bf16"])],
+  args: [
+    ptr("amax", "f32", "[numRows] (perRow) or [1] output"),
+    ptr("x", "T", "[numRows, xStride] activations"),
+    i32("xStride", "elements between rows"),
+    i32("numRows", "rows"),
+    i32("cols", "row length"),
+    i32("perRow", "nonzero: one maximum per row"),
+  ],
+  launchSizes: ["numRows"],
+  launchDoc: "grid (numRows), block 256; one CTA per row (rows looped grid-stride)",
+  launch: ({ numRows }) => ({ grid: [numRows, 1, 1], block: [256, 1, 1], sharedBytes: 0 }),
+};
+
+export const QUANTIZE_FP8: KernelSpec<"numRows" | "cols"> = {
+  name: "tk::quantize_fp8_e4m3",
+  file: "quant_fp8.cu",
+  doc:
+    "out = e4m3(x / s) (round to nearest even, saturating), s = max(amax / 448, 1 / 229376) of the row or tensor, written to scaleOut: " +
+    "the B operand and B_SCALE_POINTER of an FP8 W8A8 matmul (createFp8LinearDescriptors).",
+  templateParams: [dtypeParam("T", "activation dtype; NVRTC also accepts f16", ["f32", "bf16"])],
+  args: [
+    u8ptr("out", "[numRows, outStride] e4m3 output"),
+    i32("outStride", "bytes between output rows"),
+    ptr("scaleOut", "f32", "[numRows] (perRow) or [1]: the scale s"),
+    ptr("x", "T", "[numRows, xStride] activations"),
+    i32("xStride", "elements between rows"),
+    ptr("amax", "f32", "absmax_rows' output"),
+    i32("numRows", "rows"),
+    i32("cols", "row length"),
+    i32("perRow", "nonzero: a scale per row"),
+  ],
+  launchSizes: ["numRows", "cols"],
+  launchDoc: "grid (ceil(cols / 2048), min(numRows, 65535)), block 256; 8 columns per thread",
+  launch: ({ numRows, cols }) => columnsLaunch(numRows, cols),
+};
+
 export const KERNELS: readonly KernelSpec[] = [
   EMBEDDING,
   GATHER_ROWS,
@@ -567,6 +755,10 @@ export const KERNELS: readonly KernelSpec[] = [
   SAMPLE_ROWS,
   ROW_LOGSUMEXP,
   GATHER_LOGPROBS,
+  QUANT_GEMV,
+  DEQUANT_ROWS,
+  ABSMAX_ROWS,
+  QUANTIZE_FP8,
 ];
 
 // ---------------------------------------------------------------- attention planning

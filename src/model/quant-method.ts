@@ -1,0 +1,37 @@
+/**
+ * How a checkpoint's matrices become the stored weights of Linear layers (vLLM's
+ * QuantizeMethodBase): as stored (GGUF block formats stay quantized), converted to a dense dtype
+ * (--dtype), or quantized at load to INT8 or FP8 e4m3 with one scale per output channel
+ * (--quantization). Embedding tables are never quantized at load, as in vLLM.
+ */
+import { type DType, elementType, isFloatType } from "../backend/dtype.js";
+
+export type QuantizationName = "int8" | "fp8";
+export const QUANTIZATIONS: readonly QuantizationName[] = ["int8", "fp8"];
+
+export interface QuantMethod {
+  readonly name: "none" | QuantizationName;
+  /** The stored element type of a matrix kept as `file` in the checkpoint. */
+  storedDType(file: DType, label: string): DType;
+  /** The stored element type of the embedding table. */
+  tableDType(file: DType): DType;
+  /** Whether weights of `dtype` carry a per-channel scale tensor. */
+  scaled(dtype: DType): boolean;
+}
+
+const scaled = (dtype: DType) => elementType(dtype).kind === "channel";
+
+export function parseQuantization(name: string, where: string): QuantizationName {
+  const n = name.toLowerCase();
+  if (n === "int8" || n === "fp8") return n;
+  throw new RangeError(`${where}: unsupported quantization "${name}"; expected one of ${QUANTIZATIONS.join(", ")}`);
+}
+
+export function quantMethod(opts: { dtype?: DType; quantization?: QuantizationName }): QuantMethod {
+  const table = (file: DType) => (opts.dtype && isFloatType(opts.dtype) ? opts.dtype : file);
+  if (!opts.quantization) {
+    return { name: "none", storedDType: (file) => opts.dtype ?? file, tableDType: table, scaled };
+  }
+  const target: DType = opts.quantization === "int8" ? "int8" : "fp8_e4m3";
+  return { name: opts.quantization, storedDType: () => target, tableDType: table, scaled };
+}
