@@ -1,17 +1,19 @@
 /**
  * Batch-1 generation on the CPU: `tokamak generate` against llama.cpp (node-llama-cpp's
- * prebuilt CPU binaries) on the GGUF twin of the same ~100M-parameter random-weight model,
- * same thread count, same prompt, greedy, end-of-sequence ignored.
+ * prebuilt CPU binaries) on the same ~100M-parameter random-weight model, same thread count,
+ * same prompt, greedy, end-of-sequence ignored. For bf16/f32 Tokamak reads the Hugging Face
+ * folder and llama.cpp its GGUF twin; for the quantized formats both run the same GGUF file,
+ * written by `tokamak quantize`. Also: `tokamak serve`'s resident memory against the file size.
  *
- *   npm run bench:llamacpp -- [--threads 2] [--prompt-len 128] [--max-tokens 128] [--dtypes bf16,f32] [--repeats 3]
+ *   npm run bench:llamacpp -- [--threads 2] [--prompt-len 128] [--max-tokens 128] [--formats bf16,q8_0,q4_k_m] [--repeats 3]
  *
  * Tokamak runs as the real CLI in a child process (its own "decode N tokens/s" line is read);
  * llama.cpp runs in this process: prompt evaluated in one batch, then one token per step.
  * Runs alternate between the two so a noisy neighbour costs both alike; the best of the
  * repeats is reported (the run least disturbed by the rest of the machine).
  */
-import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { getLlama, LlamaLogLevel, type Token } from "node-llama-cpp";
 import { convertHfToGguf } from "../src/convert/hf-to-gguf.js";
@@ -24,7 +26,8 @@ const threads = numFlag("threads", 2);
 const promptLen = numFlag("prompt-len", 128);
 const maxTokens = numFlag("max-tokens", 128);
 const repeats = numFlag("repeats", 3);
-const dtypes = flag("dtypes", "bf16,f32").split(",") as ("bf16" | "f32")[];
+const formats = flag("formats", flag("dtypes", "bf16,q8_0,q4_k_m")).split(",");
+const dense = (f: string) => f === "bf16" || f === "f32";
 
 const modelDir = join(REPO_ROOT, ".cache", "bench-model");
 if (!existsSync(join(modelDir, "config.json"))) {
@@ -35,11 +38,12 @@ const r = rng(7);
 const prompt = Array.from({ length: promptLen }, () => 1000 + Math.floor(r() * 30000));
 const cli = join(REPO_ROOT, "dist", "src", "cli", "main.js");
 
-function tokamakDecode(dtype: string): { decode: number; prompt: number } {
+function tokamakDecode(format: string, gguf: string): { decode: number; prompt: number } {
   // The CLI takes text: the prompt's ids decoded, which re-encode to about as many tokens.
   const text = Tokenizer.fromDir(modelDir).decode(prompt);
-  const args = [cli, "generate", modelDir, "--prompt", text, "--max-tokens", String(maxTokens), "--threads", String(threads)];
-  args.push("--ignore-eos", "--dtype", dtype === "bf16" ? "bfloat16" : "float32");
+  const model = dense(format) ? modelDir : gguf;
+  const args = [cli, "generate", model, "--prompt", text, "--max-tokens", String(maxTokens), "--threads", String(threads), "--ignore-eos"];
+  if (dense(format)) args.push("--dtype", format === "bf16" ? "bfloat16" : "float32");
   const run = spawnSync(process.execPath, args, { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
   const out = run.stderr;
   if (run.status !== 0) throw new Error(`tokamak generate failed (exit ${run.status}):\n${out}`);
@@ -70,13 +74,36 @@ async function llamaCppDecode(ggufPath: string): Promise<{ decode: number; promp
   }
 }
 
+/** `tokamak serve`'s resident set once it is ready to serve (VmRSS of the process, its worker threads included). */
+async function serveRss(model: string): Promise<number> {
+  const child = spawn(process.execPath, [cli, "serve", model, "--port", "0", "--kv-cache-memory", "64MiB", "--threads", String(threads)], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let err = "";
+      child.stderr.on("data", (d: Buffer) => {
+        err += d.toString();
+        if (err.includes("OpenAI-compatible API at")) resolve();
+      });
+      child.on("exit", (code) => reject(new Error(`tokamak serve exited (${code}):\n${err}`)));
+    });
+    const status = readFileSync(`/proc/${child.pid}/status`, "utf8");
+    return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
+  } finally {
+    child.kill("SIGKILL");
+  }
+}
+
 const rows: { dtype: string; engine: string; decode: number; prompt: number }[] = [];
-for (const dtype of dtypes) {
+const memory: { format: string; fileBytes: number; rssBytes: number }[] = [];
+for (const dtype of formats) {
   const gguf = join(REPO_ROOT, ".cache", `bench-model-${dtype}.gguf`);
   if (!existsSync(gguf)) convertHfToGguf(modelDir, gguf, { outType: dtype });
+  memory.push({ format: dtype, fileBytes: statSync(gguf).size, rssBytes: await serveRss(dense(dtype) ? modelDir : gguf) });
   const best = { tokamak: { decode: 0, prompt: 0 }, "llama.cpp": { decode: 0, prompt: 0 } };
   for (let i = 0; i < repeats; i++) {
-    const runs = { tokamak: tokamakDecode(dtype), "llama.cpp": await llamaCppDecode(gguf) };
+    const runs = { tokamak: tokamakDecode(dtype, gguf), "llama.cpp": await llamaCppDecode(gguf) };
     for (const k of ["tokamak", "llama.cpp"] as const) {
       best[k].decode = Math.max(best[k].decode, runs[k].decode);
       best[k].prompt = Math.max(best[k].prompt, runs[k].prompt);
@@ -90,11 +117,14 @@ for (const dtype of dtypes) {
 await llama.dispose();
 
 console.log(`batch-1 generation, ${promptLen}-token prompt, ${maxTokens} tokens, ${threads} threads, ${machine()}`);
-console.log("| weights | engine | prompt tokens/s | decode tokens/s | tokamak / llama.cpp |");
-console.log("|---|---|---:|---:|---:|");
+console.log("| weights | engine | prompt tokens/s | decode tokens/s | tokamak / llama.cpp prompt | decode |");
+console.log("|---|---|---:|---:|---:|---:|");
 for (const row of rows) {
   const peer = rows.find((x) => x.dtype === row.dtype && x.engine === "llama.cpp")!;
-  const ratio = row.engine === "tokamak" ? `${(row.decode / peer.decode).toFixed(2)}×` : "";
-  console.log(`| ${row.dtype} | ${row.engine} | ${row.prompt.toFixed(1)} | ${row.decode.toFixed(1)} | ${ratio} |`);
+  const ratios = row.engine === "tokamak" ? `${(row.prompt / peer.prompt).toFixed(2)}× | ${(row.decode / peer.decode).toFixed(2)}×` : " | ";
+  console.log(`| ${row.dtype} | ${row.engine} | ${row.prompt.toFixed(1)} | ${row.decode.toFixed(1)} | ${ratios} |`);
 }
-console.log(`saved ${saveResult("vs-llamacpp", { threads, promptLen, maxTokens, rows })}`);
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+console.log("\n| format | GGUF file | tokamak serve RSS (64 MiB KV cache) |\n|---|---:|---:|");
+for (const m of memory) console.log(`| ${m.format} | ${mib(m.fileBytes)} | ${mib(m.rssBytes)} |`);
+console.log(`saved ${saveResult("vs-llamacpp", { threads, promptLen, maxTokens, rows, memory })}`);

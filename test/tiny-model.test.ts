@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { decodeFloats } from "../src/backend/dtype.js";
+import { decodeFloats, denseDType } from "../src/backend/dtype.js";
 import { SafetensorsCheckpoint, SafetensorsFile } from "../src/formats/safetensors.js";
 import { loadConfig } from "../src/model/config.js";
 import { Tokenizer } from "../src/tokenizer/tokenizer.js";
@@ -45,7 +45,7 @@ function tensorValues(ckpt: SafetensorsCheckpoint, name: string): Float32Array {
   const info = ckpt.get(name)!;
   const bytes = new Uint8Array(info.byteLength);
   ckpt.readInto(info, bytes);
-  return decodeFloats(bytes, info.dtype, bytes.byteLength / (info.dtype === "f32" ? 4 : 2));
+  return decodeFloats(bytes, denseDType(info.dtype, info.name), bytes.byteLength / (info.dtype === "f32" ? 4 : 2));
 }
 
 function meanStd(v: Float32Array): [number, number] {

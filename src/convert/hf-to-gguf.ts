@@ -15,7 +15,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { decodeFloats, type DenseDType, elementType } from "../backend/dtype.js";
+import { decodeFloats, type DenseDType, denseDType, elementType } from "../backend/dtype.js";
 import { encodeMatrix } from "../quant/convert.js";
 import { type GgufFileType, ggufFileType, ggufTensorType, useMoreBits } from "./gguf-file-types.js";
 import { loadConfig, type ModelConfig } from "../model/config.js";
@@ -94,7 +94,7 @@ export function convertHfToGguf(modelDir: string, outPath: string, opts: Convert
         `${modelDir}: model.embed_tokens.weight has ${nVocab} rows but config.json says vocab_size ${config.vocabSize}`,
       );
     }
-    const outType = resolveOutType(opts.outType ?? "auto", embed.dtype);
+    const outType = resolveOutType(opts.outType ?? "auto", denseDType(embed.dtype, `${modelDir}: model.embed_tokens.weight`));
 
     const metadata: GgufMetadata = new Map();
     metadata.set("general.architecture", gv.str(arch));
@@ -262,7 +262,7 @@ function planTensors(
         ckpt.readInto(info, bytes);
         let values = decodeFloats(
           bytes,
-          info.dtype,
+          denseDType(info.dtype, `${modelDir}: ${info.name} (FP8 checkpoints are served as they are, not converted)`),
           shape.reduce((a, b) => a * b, 1),
         );
         if (permuteHeads > 0) values = permuteForInterleavedRope(values, permuteHeads, shape[0]!, shape.length >= 2 ? shape[1]! : 1);

@@ -1,6 +1,9 @@
 import { closeSync, existsSync, fstatSync, openSync, readSync, writeSync } from "node:fs";
 import { basename, join } from "node:path";
-import type { DenseDType as DType } from "../backend/dtype.js";
+import type { DenseDType } from "../backend/dtype.js";
+
+/** What safetensors files hold: dense types, and FP8 e4m3 (Hugging Face FP8 checkpoints, with their weight_scale tensors). */
+type DType = DenseDType | "fp8_e4m3";
 import { dtypeBytes } from "../backend/dtype.js";
 import { checkRegularFile, readJsonFile } from "./regular-file.js";
 
@@ -16,8 +19,8 @@ export interface TensorInfo {
   path: string;
 }
 
-const ST_DTYPES: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf16", I32: "i32" };
-const DTYPE_ST: Partial<Record<DType, string>> = { f32: "F32", f16: "F16", bf16: "BF16", i32: "I32" };
+const ST_DTYPES: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf16", I32: "i32", F8_E4M3: "fp8_e4m3" };
+const DTYPE_ST: Partial<Record<DType, string>> = { f32: "F32", f16: "F16", bf16: "BF16", i32: "I32", fp8_e4m3: "F8_E4M3" };
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 const READ_CHUNK = 64 * 1024 * 1024;
 

@@ -72,7 +72,8 @@ export interface WeightFormat {
 export function weightFormat(name: string, stored: DType): WeightFormat {
   if (name === "int8" || name === "fp8") {
     const q: DType = name === "int8" ? "int8" : "fp8_e4m3";
-    return { name, matrix: () => q, table: () => stored };
+    // The LM head keeps its encoding, as the loader does (quant-method.ts).
+    return { name, matrix: (t) => (t.name === "lm_head.weight" ? stored : q), table: () => stored };
   }
   const ft = ggufFileType(name);
   const gguf = (t: DeclaredTensor, moreBits: boolean, tied: boolean) => {

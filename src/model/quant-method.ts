@@ -2,7 +2,7 @@
  * How a checkpoint's matrices become the stored weights of Linear layers (vLLM's
  * QuantizeMethodBase): as stored (GGUF block formats stay quantized), converted to a dense dtype
  * (--dtype), or quantized at load to INT8 or FP8 e4m3 with one scale per output channel
- * (--quantization). Embedding tables are never quantized at load, as in vLLM.
+ * (--quantization). Embedding tables and the LM head are never quantized at load, as in vLLM.
  */
 import { type DType, elementType, isFloatType } from "../backend/dtype.js";
 
@@ -13,7 +13,7 @@ export interface QuantMethod {
   readonly name: "none" | QuantizationName;
   /** The stored element type of a matrix kept as `file` in the checkpoint. */
   storedDType(file: DType, label: string): DType;
-  /** The stored element type of the embedding table. */
+  /** The stored element type of the embedding table and the LM head. */
   tableDType(file: DType): DType;
   /** Whether weights of `dtype` carry a per-channel scale tensor. */
   scaled(dtype: DType): boolean;

@@ -1,5 +1,5 @@
 import type { AllocOptions, Backend } from "../backend/backend.js";
-import { type DType, elementType, tensorBytes } from "../backend/dtype.js";
+import { type DType, elementType, isFloatType, tensorBytes } from "../backend/dtype.js";
 import { Tensor } from "../backend/tensor.js";
 import { SafetensorsCheckpoint } from "../formats/safetensors.js";
 import { convertMatrix, decodeMatrix } from "../quant/convert.js";
@@ -162,6 +162,8 @@ interface LinearSpec {
   rows: number[];
   cols: number;
   biasNames?: string[];
+  /** The LM head: like the embedding table it keeps its stored encoding under --quantization (as vLLM's ParallelLMHead). */
+  head?: boolean;
 }
 
 /** What the architecture's declaration asks a reader for: the one list of weights the checker, the loader and the plan share. */
@@ -223,7 +225,7 @@ function readLlamaWeights<M, V>(config: ModelConfig, source: WeightSource, r: Pa
   const tied = config.tieWordEmbeddings || !source.info("lm_head.weight");
   const lmHead = tied
     ? r.tiedHead(embed, "lm_head")
-    : r.linear({ label: "lm_head", names: ["lm_head.weight"], rows: [config.vocabSize], cols: H });
+    : r.linear({ label: "lm_head", names: ["lm_head.weight"], rows: [config.vocabSize], cols: H, head: true });
   return { embed, layers, norm, lmHead };
 }
 
@@ -278,11 +280,37 @@ function bufferBytes(dtype: DType, numel: number): number {
   return Math.ceil(tensorBytes(dtype, numel) / 4) * 4;
 }
 
+/** The scale tensor beside an FP8 checkpoint's weight (llm-compressor / vLLM's name). */
+function scaleName(weightName: string): string {
+  return weightName.replace(/\.weight$/, ".weight_scale");
+}
+
+/** An FP8 weight needs its weight_scale: one for the tensor ([], [1]) or one per output row ([rows], [rows, 1]). */
+function checkScale(source: WeightSource, weightName: string, rows: number): void {
+  const name = scaleName(weightName);
+  const info = source.info(name);
+  if (!info) {
+    const blockWise = source.info(weightName.replace(/\.weight$/, ".weight_scale_inv"));
+    throw new WeightError(
+      blockWise
+        ? `${source.description}: "${weightName}" has block-wise FP8 scales (weight_scale_inv, as DeepSeek and Qwen3 FP8 checkpoints); supported are per-tensor and per-channel weight_scale`
+        : `${source.description}: "${weightName}" is FP8 e4m3 but "${name}" is missing; expected its per-tensor or per-channel scale`,
+    );
+  }
+  const n = info.shape.reduce((a, b) => a * b, 1);
+  if (!isFloatType(info.dtype) || (n !== 1 && n !== rows) || (n === rows && info.shape[0] !== rows)) {
+    throw new WeightError(
+      `${source.description}: "${name}" is ${info.dtype} [${info.shape}]; expected a float scale per tensor ([] or [1]) or per output row ([${rows}] or [${rows}, 1])`,
+    );
+  }
+}
+
 /** How the matrices of one Linear are stored: one part per run of matrices sharing an encoding. */
 function planParts(source: WeightSource, method: QuantMethod, spec: LinearSpec): { names: number[]; dtype: DType }[] {
   const parts: { names: number[]; dtype: DType }[] = [];
   spec.names.forEach((name, i) => {
-    const dtype = method.storedDType(source.info(name)!.dtype, spec.label);
+    const file = source.info(name)!.dtype;
+    const dtype = spec.head ? method.tableDType(file) : method.storedDType(file, spec.label);
     const last = parts[parts.length - 1];
     if (last && last.dtype === dtype) last.names.push(i);
     else parts.push({ names: [i], dtype });
@@ -316,7 +344,10 @@ class Checker implements PartReader<number, number> {
   }
 
   linear(spec: LinearSpec): number {
-    spec.names.forEach((n, i) => this.require(n, [spec.rows[i]!, spec.cols]));
+    spec.names.forEach((n, i) => {
+      const info = this.require(n, [spec.rows[i]!, spec.cols]);
+      if (elementType(info.dtype).kind === "channel") checkScale(this.source, n, spec.rows[i]!);
+    });
     spec.biasNames?.forEach((n, i) => this.require(n, [spec.rows[i]!]));
     let bytes = 0;
     for (const part of planParts(this.source, this.method, spec)) {
@@ -389,7 +420,8 @@ class Loader implements PartReader<Linear, Tensor> {
         const n = spec.rows[i]!;
         const bytes = this.readRaw(spec.names[i]!);
         const from = this.source.info(spec.names[i]!)!.dtype;
-        const conv = convertMatrix(bytes, from, n, spec.cols, part.dtype);
+        const fileScales = elementType(from).kind === "channel" ? this.readScales(spec.names[i]!, n) : undefined;
+        const conv = convertMatrix(bytes, from, n, spec.cols, part.dtype, fileScales);
         this.backend.writeBytes(weight.rows(row, n), conv.data);
         if (scales && conv.scales) scales.set(conv.scales, row);
         row += n;
@@ -426,6 +458,15 @@ class Loader implements PartReader<Linear, Tensor> {
 
   tiedHead(embed: Tensor, label: string): Linear {
     return new Linear(label, embed.shape[1]!, embed.shape[0]!, [{ weight: embed, col: 0 }], "none");
+  }
+
+  /** A per-channel checkpoint's weight_scale (per tensor or per output row) as one scale per row. */
+  private readScales(weightName: string, rows: number): Float32Array {
+    const name = scaleName(weightName);
+    const info = this.source.info(name)!;
+    const n = info.shape.reduce((a, b) => a * b, 1);
+    const values = decodeMatrix(this.readRaw(name), info.dtype, 1, n);
+    return n === 1 ? new Float32Array(rows).fill(values[0]!) : values;
   }
 
   private readRaw(name: string): Uint8Array {

@@ -34,9 +34,11 @@ export function convertMatrix(
   rows: number,
   cols: number,
   to: DType,
+  /** The per-row scales of a per-channel `from` (an FP8 checkpoint's weight_scale). */
+  fromScales?: Float32Array,
 ): { data: Uint8Array; scales?: Float32Array } {
-  if (from === to && elementType(from).kind !== "channel") return { data: bytes };
-  const values = decodeMatrix(bytes, from, rows, cols);
+  if (from === to) return elementType(from).kind === "channel" ? { data: bytes, scales: fromScales } : { data: bytes };
+  const values = decodeMatrix(bytes, from, rows, cols, fromScales);
   return encodeMatrix(values, rows, cols, to);
 }
 

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { decodeFloats } from "../../src/backend/dtype.js";
+import { decodeFloats, denseDType } from "../../src/backend/dtype.js";
 import { SafetensorsCheckpoint } from "../../src/formats/safetensors.js";
 
 type Cfg = Record<string, unknown> & {
@@ -35,7 +35,7 @@ export class ReferenceLlama {
       const bytes = new Uint8Array(info.byteLength);
       ckpt.readInto(info, bytes);
       const n = info.shape.reduce((a, b) => a * b, 1);
-      this.w.set(name, Float64Array.from(decodeFloats(bytes, info.dtype, n)));
+      this.w.set(name, Float64Array.from(decodeFloats(bytes, denseDType(info.dtype, name), n)));
     }
     ckpt.close();
   }
