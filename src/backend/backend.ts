@@ -23,6 +23,12 @@ export interface AttentionMetadata {
   maxSeqLen: number;
 }
 
+/** An fp8 KV cache holds K / k and V / v (the cache's scales); float caches ignore them. */
+export interface KvScales {
+  k: number;
+  v: number;
+}
+
 /** Precomputed rotary tables: f32 [maxPositions, rotaryDim / 2] each; NeoX (rotate-half) pairing. */
 export interface RopeTable {
   cos: Tensor;
@@ -52,6 +58,8 @@ export interface BackendCapabilities {
   readonly anyWeightDType: boolean;
   /** Threads computing the ops (1 for a device backend's host side). */
   readonly threads: number;
+  /** KV cache element types beyond the activation dtype (fp8_e4m3 on the CPU). */
+  readonly kvCacheDTypes: readonly DType[];
 }
 
 export interface Backend {
@@ -92,9 +100,13 @@ export interface Backend {
     slotMapping: Tensor,
     kCache: Tensor,
     vCache: Tensor,
+    kvScales?: KvScales,
   ): void;
-  /** out [t, hq, d] = causal softmax(q·kᵀ·scale)·v over the paged caches [blocks, blockSize, hkv, d]; GQA when hq > hkv. */
-  pagedAttention(out: Tensor, q: Tensor, kCache: Tensor, vCache: Tensor, meta: AttentionMetadata, scale: number): void;
+  /**
+   * out [t, hq, d] = causal softmax(q·kᵀ·scale)·v over the paged caches [blocks, blockSize, hkv, d]; GQA when hq > hkv.
+   * The caches are in the activation dtype, or fp8_e4m3 where the backend supports it (kvCacheDTypes).
+   */
+  pagedAttention(out: Tensor, q: Tensor, kCache: Tensor, vCache: Tensor, meta: AttentionMetadata, scale: number, kvScales?: KvScales): void;
   /** x [t, 2i] = [gate | up]; out [t, i] = silu(gate) * up */
   siluAndMul(out: Tensor, x: Tensor): void;
   /** out[r] = x[indices[r]] */

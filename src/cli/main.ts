@@ -119,6 +119,7 @@ interface ServeFlags {
   asyncScheduling: boolean;
   dtype: string;
   quantization?: string;
+  kvCacheDtype: string;
   seed: number;
   generationConfig: string;
   threads?: number;
@@ -180,6 +181,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
       asyncScheduling: flags.asyncScheduling,
       dtype: flags.dtype === "auto" ? undefined : parseDType(flags.dtype, "--dtype"),
       quantization: flags.quantization ? parseQuantization(flags.quantization, "--quantization") : undefined,
+      kvCacheDtype: flags.kvCacheDtype as "auto" | "fp8",
       threads: flags.threads,
       ignoreGenerationConfig: flags.generationConfig === "vllm",
       seed: flags.seed,
@@ -285,6 +287,7 @@ export function buildProgram(): Command {
     .option("--no-async-scheduling", "schedule each step after the previous one has finished (for debugging; outputs are the same)")
     .option("--dtype <dtype>", "auto, bfloat16, float16, float32", "auto")
     .option("-q, --quantization <method>", "quantize the weights at load: int8 or fp8 (weight-only, per-channel scales)")
+    .option("--kv-cache-dtype <dtype>", "KV cache element type: auto (the activation dtype) or fp8 (e4m3, half the bytes of bf16)", "auto")
     .option("--seed <s>", "engine seed for requests without one", intArg("--seed", 0), 0)
     .option("--generation-config <mode>", "auto: request defaults from generation_config.json; vllm: ignore it", "auto")
     .option("--threads <n>", "CPU threads (default: all cores)", intArg("--threads", 1))

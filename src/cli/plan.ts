@@ -16,6 +16,7 @@ interface PlanFlags {
   gpuMemoryUtilization: number;
   dtype: string;
   quantization: string;
+  kvCacheDtype: string;
   maxModelLen?: number;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
@@ -56,6 +57,7 @@ export function registerPlan(
       `none, or the weights' format: ${FORMATS.join(", ")} or another GGUF type (${GGUF_FILE_TYPE_NAMES.join(", ")})`,
       "none",
     )
+    .option("--kv-cache-dtype <dtype>", "auto (the activation dtype) or fp8", "auto")
     .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
     .option("--max-num-seqs <n>", "sequences running at once", intArg("--max-num-seqs", 1), ENGINE_DEFAULTS.maxNumSeqs)
     .option(
@@ -68,6 +70,12 @@ export function registerPlan(
     .option("--kv-cache-memory <bytes>", "KV cache size on CPU (default 4GiB)", parseBytes)
     .option("--json", "print the plan as JSON", false)
     .action((model: string, flags: PlanFlags) => planCommand(model, flags));
+}
+
+function kvDType(v: string): DType | undefined {
+  if (v === "auto") return undefined;
+  if (v === "fp8" || v === "fp8_e4m3") return "fp8_e4m3";
+  throw new Error(`--kv-cache-dtype must be auto, fp8 or fp8_e4m3, got "${v}"`);
 }
 
 function readConfig(path: string) {
@@ -94,6 +102,7 @@ function planCommand(model: string, f: PlanFlags): void {
   const opts: PlanOptions = {
     weightDType,
     activationDType: device === "cpu" ? "f32" : "bf16",
+    kvCacheDType: kvDType(f.kvCacheDtype),
     maxModelLen: f.maxModelLen,
     maxNumSeqs: f.maxNumSeqs,
     maxNumBatchedTokens: f.maxNumBatchedTokens,

@@ -1,3 +1,4 @@
+import type { DType } from "../backend/dtype.js";
 import type { TokenLogprob } from "../backend/sampling.js";
 import { foldSeed, Rng } from "../backend/rng.js";
 import { IncrementalDetokenizer, type TokenDecoder } from "./detokenizer.js";
@@ -18,6 +19,8 @@ export interface EngineConfig extends SchedulerConfig {
    * N's tokens arrive (vLLM's --async-scheduling, on by default). Outputs are identical either way.
    */
   asyncScheduling?: boolean;
+  /** The KV cache's element type: the backend's activation dtype, or fp8_e4m3 (--kv-cache-dtype fp8). */
+  kvCacheDType?: DType;
 }
 
 /** A step failed: the requests it held (by the ids they were added under) were ended; everything else goes on. */

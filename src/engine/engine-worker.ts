@@ -56,7 +56,7 @@ function openModel(init: WorkerInit): Session {
       backend: llm.backend.name,
       device: llm.deviceSelection ? describeSelection(init.options.device ?? "auto", llm.deviceSelection) : llm.backend.name,
       threads: llm.backend.capabilities.threads,
-      kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend),
+      kvBytesPerToken: kvBytesPerToken(llm.loaded.config, llm.backend, llm.core.config.kvCacheDType),
       weightBytes: memory.byTag.weights,
       arena: { bytes: llm.loaded.model.arenaPlan.totalBytes, unsharedBytes: llm.loaded.model.arenaPlan.unsharedBytes },
       stubModel: false,

@@ -34,6 +34,8 @@ export interface EngineOptions {
   dtype?: DType;
   /** Quantize the weight matrices at load (--quantization int8|fp8). */
   quantization?: QuantizationName;
+  /** The KV cache's element type: auto (the activation dtype) or fp8 (e4m3, vLLM's --kv-cache-dtype). */
+  kvCacheDtype?: "auto" | "fp8" | "fp8_e4m3";
   /** auto (CUDA when usable, else CPU), cpu or cuda. */
   device?: DeviceRequest;
   /** Fraction of the GPU's memory the engine may use in all (weights, activations, KV cache); default 0.9. */
@@ -82,14 +84,26 @@ function kvCacheTokensBeforeLoad(modelDir: string, backend: Backend, o: EngineOp
   const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
   if (o.numBlocks !== undefined) return o.numBlocks * blockSize;
   if (o.kvCacheMemory === undefined && !backend.capabilities.hostMemory) return undefined;
-  const perBlock = blockSize * kvBytesPerToken(loadModelConfig(modelDir), backend);
+  const perBlock = blockSize * kvBytesPerToken(loadModelConfig(modelDir), backend, kvCacheDType(backend, o));
   return Math.floor(kvCacheBudget(backend, o) / perBlock) * blockSize;
+}
+
+/** The KV cache's element type for --kv-cache-dtype, refused by name where the backend has no kernels for it. */
+export function kvCacheDType(backend: Backend, o: EngineOptions): DType {
+  const want = o.kvCacheDtype ?? "auto";
+  if (want === "auto") return backend.activationDType;
+  if (want !== "fp8" && want !== "fp8_e4m3") throw new RangeError(`--kv-cache-dtype must be auto, fp8 or fp8_e4m3, got "${String(want)}"`);
+  if (!backend.capabilities.kvCacheDTypes.includes("fp8_e4m3")) {
+    throw new RangeError(`--kv-cache-dtype ${want}: the ${backend.name} backend has no fp8 KV cache kernels yet; use auto`);
+  }
+  return "fp8_e4m3";
 }
 
 /** The engine's resolved settings, vLLM's defaults where not given. */
 export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: EngineOptions): EngineConfig {
   const blockSize = o.blockSize ?? ENGINE_DEFAULTS.blockSize;
-  const perBlock = blockSize * kvBytesPerToken(loaded.config, backend);
+  const kvDType = kvCacheDType(backend, o);
+  const perBlock = blockSize * kvBytesPerToken(loaded.config, backend, kvDType);
   const numBlocks = o.numBlocks ?? Math.floor(kvCacheBudget(backend, o) / perBlock);
   const maxModelLen = loaded.maxModelLen;
   // Like vLLM: a KV cache that cannot hold one full-length request could never finish it.
@@ -108,6 +122,7 @@ export function resolveEngineConfig(loaded: LoadedModel, backend: Backend, o: En
     maxModelLen,
     policy: o.policy ?? ENGINE_DEFAULTS.policy,
     asyncScheduling: o.asyncScheduling ?? ENGINE_DEFAULTS.asyncScheduling,
+    kvCacheDType: kvDType,
   };
 }
 
@@ -188,7 +203,12 @@ export class LLM {
       const config = resolveEngineConfig(loaded, backend, { ...opts, maxNumBatchedTokens });
       const tokenizer = isGgufPath(modelDir) || existsSync(join(modelDir, "tokenizer.json")) ? Tokenizer.fromDir(modelDir) : null;
       const eos = mergeEosTokenIds(tokenizer?.eosTokenIds, gen.eosTokenIds, loaded.config.eosTokenIds);
-      runner = new ModelRunner(loaded.model, { numBlocks: config.numBlocks, blockSize: config.blockSize, maxModelLen: loaded.maxModelLen });
+      runner = new ModelRunner(loaded.model, {
+        numBlocks: config.numBlocks,
+        blockSize: config.blockSize,
+        maxModelLen: loaded.maxModelLen,
+        kvCacheDType: config.kvCacheDType,
+      });
       const llm = new LLM(backend, loaded, runner, tokenizer, opts.ignoreGenerationConfig ? {} : gen.sampling, config, eos);
       if (opts.seed !== undefined) llm.core.seed(opts.seed);
       return llm;

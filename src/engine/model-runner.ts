@@ -1,3 +1,4 @@
+import type { DType } from "../backend/dtype.js";
 import type { Backend } from "../backend/backend.js";
 import type { Tensor } from "../backend/tensor.js";
 import { allocateKVCache, freeKVCache, type ForwardBatch, type KVCache, type LlamaModel } from "../model/llama.js";
@@ -10,6 +11,8 @@ export interface RunnerOptions {
   numBlocks: number;
   blockSize: number;
   maxModelLen: number;
+  /** Default: the backend's activation dtype. */
+  kvCacheDType?: DType;
 }
 
 /** What one step moved to the device (for the overhead benchmark and tests). */
@@ -54,7 +57,7 @@ export class ModelRunner implements StepExecutor {
     readonly opts: RunnerOptions,
   ) {
     const backend: Backend = model.backend;
-    this.kv = allocateKVCache(backend, model.config, opts.numBlocks, opts.blockSize);
+    this.kv = allocateKVCache(backend, model.config, opts.numBlocks, opts.blockSize, opts.kvCacheDType);
     this.maxBlocksPerSeq = Math.ceil(opts.maxModelLen / opts.blockSize);
     const T = model.limits.maxNumTokens;
     const S = model.limits.maxNumLogits;

@@ -10,8 +10,8 @@
  * and the LM head. All activations live in one arena planned at construction;
  * forward() only issues ops.
  */
-import type { AttentionMetadata, Backend, RopeTable } from "../backend/backend.js";
-import { dtypeBytes } from "../backend/dtype.js";
+import type { AttentionMetadata, Backend, KvScales, RopeTable } from "../backend/backend.js";
+import { type DType, dtypeBytes } from "../backend/dtype.js";
 import { Tensor } from "../backend/tensor.js";
 import { type ArenaPlan, type BufferRequest, planArena } from "./arena.js";
 import type { ModelConfig } from "./config.js";
@@ -37,6 +37,8 @@ export interface KVCache {
   blockSize: number;
   k: Tensor[];
   v: Tensor[];
+  /** fp8 caches store value / scale (vLLM's k_scale and v_scale; 1 without calibrated scales). */
+  scales: KvScales;
 }
 
 export interface ModelLimits {
@@ -199,9 +201,9 @@ export class LlamaModel {
       b.rmsNorm(q, q, layer.qNorm, this.config.rmsNormEps);
       b.rmsNorm(k, k, layer.kNorm, this.config.rmsNormEps);
     }
-    b.ropeAndCacheWrite(q, k, v, batch.positions, this.rope, batch.slotMapping, kv.k[l]!, kv.v[l]!);
+    b.ropeAndCacheWrite(q, k, v, batch.positions, this.rope, batch.slotMapping, kv.k[l]!, kv.v[l]!, kv.scales);
     const attn = this.acts.attn.rows(0, T);
-    b.pagedAttention(attn.view([T, Hq, D]), q, kv.k[l]!, kv.v[l]!, batch.attention, this.scale);
+    b.pagedAttention(attn.view([T, Hq, D]), q, kv.k[l]!, kv.v[l]!, batch.attention, this.scale, kv.scales);
     layer.o.forward(b, this.acts.attnOut.rows(0, T), attn);
   }
 
@@ -223,7 +225,13 @@ function headsView(t: Tensor, col: number, heads: number, d: number): Tensor {
 }
 
 /** Allocate a paged KV cache for `numBlocks` blocks in one storage. */
-export function allocateKVCache(backend: Backend, config: ModelConfig, numBlocks: number, blockSize: number): KVCache {
+export function allocateKVCache(
+  backend: Backend,
+  config: ModelConfig,
+  numBlocks: number,
+  blockSize: number,
+  dtype: DType = backend.activationDType,
+): KVCache {
   const { numLayers: L, numKvHeads: Hkv, headDim: D } = config;
   // One storage per layer and per K/V, as vLLM keeps them: no single buffer grows with the layer count.
   const shape = [numBlocks, blockSize, Hkv, D];
@@ -231,14 +239,14 @@ export function allocateKVCache(backend: Backend, config: ModelConfig, numBlocks
   const v: Tensor[] = [];
   try {
     for (let l = 0; l < L; l++) {
-      k.push(backend.alloc(shape, backend.activationDType, "kv-cache", `kv cache layer ${l} keys`));
-      v.push(backend.alloc(shape, backend.activationDType, "kv-cache", `kv cache layer ${l} values`));
+      k.push(backend.alloc(shape, dtype, "kv-cache", `kv cache layer ${l} keys`));
+      v.push(backend.alloc(shape, dtype, "kv-cache", `kv cache layer ${l} values`));
     }
   } catch (err) {
     for (const t of [...k, ...v]) backend.free(t.storage);
     throw err;
   }
-  return { numBlocks, blockSize, k, v };
+  return { numBlocks, blockSize, k, v, scales: { k: 1, v: 1 } };
 }
 
 /** Give the KV cache's storages back to the backend. */
@@ -247,6 +255,6 @@ export function freeKVCache(backend: Backend, kv: KVCache): void {
 }
 
 /** Bytes one token of context takes in the KV cache, over all layers. */
-export function kvBytesPerToken(config: ModelConfig, backend: Backend): number {
-  return 2 * config.numLayers * config.numKvHeads * config.headDim * dtypeBytes(backend.activationDType);
+export function kvBytesPerToken(config: ModelConfig, backend: Backend, dtype: DType = backend.activationDType): number {
+  return 2 * config.numLayers * config.numKvHeads * config.headDim * dtypeBytes(dtype);
 }

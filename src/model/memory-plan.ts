@@ -18,6 +18,8 @@ export interface PlanOptions {
   weightDType?: DType;
   /** Or a format: int8/fp8 at load, a GGUF type and its mix (see weightFormat); overrides weightDType. */
   weightFormat?: WeightFormat;
+  /** The KV cache's element type (default: the activation dtype; fp8_e4m3 for --kv-cache-dtype fp8). */
+  kvCacheDType?: DType;
   /** The backend's compute dtype for activations, norms, biases and the KV cache (CPU: f32; CUDA: bf16). */
   activationDType: DType;
   maxModelLen?: number;
@@ -155,7 +157,7 @@ export function planMemory(c: ModelConfig, o: PlanOptions): MemoryPlan {
   const w = weightAllocations(c, o.weightFormat ?? weightDType, act, maxModelLen);
   const arena = planActivations(c, { maxNumTokens: maxNumBatchedTokens, maxNumLogits: maxNumSeqs }, dtypeBytes(act));
   const workspace = workspaceBytes(maxNumBatchedTokens, maxNumSeqs, maxModelLen, blockSize);
-  const kvBytesPerToken = kvBytesPerTokenOf(c, act);
+  const kvBytesPerToken = kvBytesPerTokenOf(c, o.kvCacheDType ?? act);
   const bytesPerBlock = blockSize * kvBytesPerToken;
   const problems: string[] = [];
   let kvBudgetBytes: number;

@@ -1,6 +1,7 @@
 import { cpus, freemem, totalmem } from "node:os";
 import { MemoryLedger, type MemoryReport, type MemoryStats } from "../allocator.js";
-import type { AllocOptions, AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
+import type { AllocOptions, AttentionMetadata, Backend, BackendCapabilities, KvScales, RopeTable } from "../backend.js";
+import { f32ToFp8e4m3, fp8e4m3Table } from "../../quant/fp8.js";
 import {
   type DType,
   denseDType,
@@ -14,7 +15,7 @@ import {
 } from "../dtype.js";
 import { KernelMemory } from "./kernel-memory.js";
 import type { QuantLinearArgs } from "./quant-linear.js";
-import { QUANT_KERNELS, type QuantKind } from "./wasm-quant.js";
+import { QUANT_KERNELS, type QuantKind, workspaceBytes } from "./wasm-quant.js";
 import { blockCodec } from "../../quant/ggml-quants.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
@@ -50,6 +51,8 @@ export class CpuBackend implements Backend {
   readonly pool: ThreadPool;
   readonly kernelMemory = new KernelMemory();
   private ledger = new MemoryLedger();
+  /** Decoded blocks of an fp8 KV cache for one attention call (grown on demand). */
+  private fp8Staging: { k: Tensor; v: Tensor; table: Tensor } | undefined;
   /** Staging for the activations of quantized products, in the kernel memory (grown on demand). */
   private quantWorkspace: { address: number; bytes: number } | undefined;
 
@@ -62,7 +65,7 @@ export class CpuBackend implements Backend {
   }
 
   get capabilities(): BackendCapabilities {
-    return { hostMemory: true, anyWeightDType: true, threads: this.pool.threads };
+    return { hostMemory: true, anyWeightDType: true, threads: this.pool.threads, kvCacheDTypes: ["fp8_e4m3"] };
   }
 
   // ---------------------------------------------------------------- memory
@@ -71,7 +74,8 @@ export class CpuBackend implements Backend {
     const numel = shape.reduce((a, b) => a * b, 1);
     // Round up to 4 bytes so every storage can be viewed as f32/i32 too.
     const bytes = Math.ceil(tensorBytes(dtype, numel) / 4) * 4;
-    if (isQuantType(dtype) || opts.kernelResident) return this.allocResident(shape, dtype, tag, label, bytes);
+    // Quantized weights (and what their kernels read beside them) go to the kernel memory; an fp8 KV cache does not.
+    if ((isQuantType(dtype) && tag === "weights") || opts.kernelResident) return this.allocResident(shape, dtype, tag, label, bytes);
     if (bytes >= 2 ** 32) {
       throw new RangeError(
         `CPU backend: "${label}" needs ${bytes} bytes in one buffer; a single buffer must stay under 4 GiB (lower the KV cache size or the batch limits)`,
@@ -289,8 +293,10 @@ export class CpuBackend implements Backend {
     }
     const blocks = K / kernel.blockSize;
     const xqRowBytes = blocks * kernel.actBlockBytes;
-    const tileRows = 64;
-    const tileBytes = M * tileRows * 4;
+    // A decode reads each weight once: long tiles amortize the per-call cost; a prefill keeps its tile in cache.
+    const tileRows = M <= 4 ? 1024 : 64;
+    const workBytes = M === 1 ? Math.ceil(workspaceBytes(kind, blocks) / 64) * 64 : 0;
+    const tileBytes = Math.ceil((M * tileRows * 4) / 64) * 64 + workBytes;
     const stagedBytes = M * K * 4;
     const xqBytes = Math.ceil((M * xqRowBytes) / 64) * 64;
     const base = this.workspace(stagedBytes + xqBytes + this.pool.threads * tileBytes);
@@ -315,12 +321,75 @@ export class CpuBackend implements Backend {
       blocks,
       tiles: xq + xqBytes,
       tileBytes,
+      workBytes,
       tileRows,
       scale: scale ? st(scale).address! + scale.byteOffset : 0,
       out: mat(out, st(out).f32),
       bias: bias ? f32Weights(bias) : null,
     };
     this.pool.run({ kind: "qlinear", args }, N, 4);
+  }
+
+  /**
+   * An fp8 KV cache's blocks referenced by `meta`'s block tables, decoded (times their scale) into f32
+   * staging caches, with the block tables renumbered to point into them.
+   */
+  private stageFp8Blocks(
+    kCache: Tensor,
+    vCache: Tensor,
+    meta: AttentionMetadata,
+    scales: KvScales,
+  ): { k: Tensor; v: Tensor; meta: AttentionMetadata } {
+    const [, blockSize, Hkv, D] = kCache.shape as [number, number, number, number];
+    const bt = st(meta.blockTables).i32;
+    const lens = st(meta.seqLens).i32;
+    const stride = meta.blockTables.rowStride;
+    const remap = new Map<number, number>();
+    const table = new Int32Array(meta.numSeqs * stride).fill(-1);
+    for (let s = 0; s < meta.numSeqs; s++) {
+      const used = Math.ceil(lens[meta.seqLens.offset + s]! / blockSize);
+      for (let j = 0; j < used; j++) {
+        const block = bt[meta.blockTables.offset + s * stride + j]!;
+        let local = remap.get(block);
+        if (local === undefined) remap.set(block, (local = remap.size));
+        table[s * stride + j] = local;
+      }
+    }
+    const blockElems = blockSize * Hkv * D;
+    const need = Math.max(1, remap.size) * blockElems;
+    if (!this.fp8Staging || this.fp8Staging.k.numel < need) {
+      if (this.fp8Staging) for (const t of Object.values(this.fp8Staging)) this.free(t.storage);
+      const n = Math.max(need, 2 * (this.fp8Staging?.k.numel ?? 0));
+      this.fp8Staging = {
+        k: this.alloc([n], "f32", "workspace", "fp8 KV staging (keys)"),
+        v: this.alloc([n], "f32", "workspace", "fp8 KV staging (values)"),
+        table: this.alloc([table.length], "i32", "workspace", "fp8 KV staging (block tables)"),
+      };
+    }
+    if (this.fp8Staging.table.numel < table.length) {
+      this.free(this.fp8Staging.table.storage);
+      this.fp8Staging.table = this.alloc([table.length], "i32", "workspace", "fp8 KV staging (block tables)");
+    }
+    const lut = fp8e4m3Table();
+    const decode = (cache: Tensor, dst: Tensor, scale: number) => {
+      const src = new Uint8Array(st(cache).handle, cache.byteOffset, cache.byteLength);
+      const out = st(dst).f32;
+      for (const [block, local] of remap) {
+        const s0 = block * blockElems;
+        const d0 = local * blockElems;
+        for (let i = 0; i < blockElems; i++) out[d0 + i] = lut[src[s0 + i]!]! * scale;
+      }
+    };
+    decode(kCache, this.fp8Staging.k, scales.k);
+    decode(vCache, this.fp8Staging.v, scales.v);
+    st(this.fp8Staging.table).i32.set(table, 0);
+    const shape = [Math.max(1, remap.size), blockSize, Hkv, D];
+    const blockTables = new Tensor(this.fp8Staging.table.storage, "i32", [meta.numSeqs, stride]);
+    return {
+      k: new Tensor(this.fp8Staging.k.storage, "f32", shape),
+      v: new Tensor(this.fp8Staging.v.storage, "f32", shape),
+      meta: { ...meta, blockTables },
+    };
   }
 
   /** `bytes` of kernel memory for quantLinear's staging, reused across calls and grown when too small. */
@@ -344,8 +413,13 @@ export class CpuBackend implements Backend {
     slotMapping: Tensor,
     kCache: Tensor,
     vCache: Tensor,
+    kvScales: KvScales = { k: 1, v: 1 },
   ): void {
     const T = positions.numel;
+    const fp8 = kCache.dtype === "fp8_e4m3";
+    if (fp8 !== (vCache.dtype === "fp8_e4m3") || (!fp8 && (kCache.dtype !== "f32" || vCache.dtype !== "f32"))) {
+      throw new Error(`ropeAndCacheWrite: caches ${kCache} and ${vCache}; expected both f32 or both fp8_e4m3`);
+    }
     const [, , Hkv, D] = kCache.shape as [number, number, number, number];
     const half = rope.rotaryDim / 2;
     const pos = st(positions).i32;
@@ -377,6 +451,11 @@ export class CpuBackend implements Backend {
       rotate(k, Hkv, t, p);
       const slot = slots[slotMapping.offset + t]!;
       if (slot < 0) continue;
+      if (fp8) {
+        writeFp8Rows(k, t, Hkv, D, kCache, slot, kvScales.k);
+        writeFp8Rows(v, t, Hkv, D, vCache, slot, kvScales.v);
+        continue;
+      }
       for (let h = 0; h < Hkv; h++) {
         const co = (slot * Hkv + h) * D;
         const ko = k.offset + t * k.strides[0]! + h * k.strides[1]!;
@@ -387,11 +466,25 @@ export class CpuBackend implements Backend {
     }
   }
 
-  pagedAttention(out: Tensor, q: Tensor, kCache: Tensor, vCache: Tensor, meta: AttentionMetadata, scale: number): void {
+  pagedAttention(
+    out: Tensor,
+    q: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    meta: AttentionMetadata,
+    scale: number,
+    kvScales?: KvScales,
+  ): void {
     const [T, Hq, D] = q.shape as [number, number, number];
     const [, blockSize, Hkv] = kCache.shape as [number, number, number, number];
     if (Hq % Hkv !== 0) throw new Error(`pagedAttention: ${Hq} query heads is not a multiple of ${Hkv} KV heads`);
     expectShape("pagedAttention out", out, [T, Hq, D]);
+    if (kCache.dtype === "fp8_e4m3") {
+      // The blocks this batch reads, decoded to f32 once, then the f32 kernels over them.
+      const staged = this.stageFp8Blocks(kCache, vCache, meta, kvScales ?? { k: 1, v: 1 });
+      this.pagedAttention(out, q, staged.k, staged.v, staged.meta, scale);
+      return;
+    }
     const args: AttentionArgs = {
       out: st(out).f32,
       outOffset: out.offset,
@@ -460,6 +553,18 @@ export class CpuBackend implements Backend {
   readBytes(src: Tensor): Uint8Array {
     const s = st(src);
     return new Uint8Array(s.handle, (s.address ?? 0) + src.byteOffset, src.byteLength).slice();
+  }
+}
+
+/** Token t's K or V rows [hkv, d] of `src`, divided by `scale`, as e4m3 bytes into cache slot `slot`. */
+function writeFp8Rows(src: Tensor, t: number, heads: number, D: number, cache: Tensor, slot: number, scale: number): void {
+  const data = st(src).f32;
+  const out = new Uint8Array(st(cache).handle, cache.byteOffset, cache.byteLength);
+  const inv = 1 / scale;
+  for (let h = 0; h < heads; h++) {
+    const so = src.offset + t * src.strides[0]! + h * src.strides[1]!;
+    const co = (slot * heads + h) * D;
+    for (let d = 0; d < D; d++) out[co + d] = f32ToFp8e4m3(data[so + d]! * inv);
   }
 }
 

@@ -143,7 +143,7 @@ interface Row {
 
 const u16 = (u: Uint8Array, o: number) => u[o]! | (u[o + 1]! << 8);
 
-/** Weight quant e (0..31) of a 32-element block with its low nibbles at qs and optional 5th bits qh (u32). */
+/** The nibble of element e (0..31) of a 32-element block whose qs[16] start at byte qs. */
 function nib(u: Uint8Array, qs: number, e: number): number {
   return e < 16 ? u[qs + e]! & 15 : u[qs + e - 16]! >> 4;
 }
@@ -291,7 +291,7 @@ export function dotRows(
     const wr: Row = { u: w, s: ws, o: wOff + r * wRowBytes };
     for (let i = 0; i < m; i++) {
       const v = dotRow(kind, wr, { u: xq, s: xs, o: xqOff + i * xqRowBytes }, xv, blocks);
-      out[outOff + i * outStride + r] = scales ? fr(v * scales[r]!) : v;
+      out[outOff + i * outStride + r] = scales && QUANT_KERNELS[kind].rowScales ? fr(v * scales[r]!) : v;
     }
   }
 }

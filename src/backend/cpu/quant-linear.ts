@@ -21,9 +21,11 @@ export interface QuantLinearArgs {
   rows: number;
   /** Weight blocks per row (QUANT_KERNELS[kind].blockSize elements each). */
   blocks: number;
-  /** Each thread's output tile: thread `slot` writes at tiles + slot · tileBytes. */
+  /** Each thread's output tile: thread `slot` writes at tiles + slot · tileBytes; its single-row workspace follows the tile. */
   tiles: number;
   tileBytes: number;
+  /** Bytes of the workspace after each tile (0: none), where a one-row product expands its activations once. */
+  workBytes: number;
   /** Output features per tile. */
   tileRows: number;
   /** Address of the f32 scales of int8/fp8 weights, one per output feature (0: none). */
@@ -79,7 +81,21 @@ export class QuantThread {
       const cn = Math.min(a.tileRows, n1 - n);
       const w = a.w + n * a.wRowBytes;
       const scales = a.scale ? a.scale + n * 4 : 0;
-      if (wasm) wasm.mm(a.kind, w, a.wRowBytes, cn, a.xq, a.xqRowBytes, a.rows, a.blocks, tile, cn, scales);
+      if (wasm)
+        wasm.mm(
+          a.kind,
+          w,
+          a.wRowBytes,
+          cn,
+          a.xq,
+          a.xqRowBytes,
+          a.rows,
+          a.blocks,
+          tile,
+          cn,
+          scales,
+          a.workBytes ? tile + a.tileBytes - a.workBytes : 0,
+        );
       else {
         const { u8, f32 } = this.views();
         dotRows(

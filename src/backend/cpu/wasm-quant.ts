@@ -27,20 +27,26 @@ export interface QuantKernel {
   actBlockBytes: number;
   /** int8 and fp8: one f32 scale per weight row, passed to mm. */
   rowScales: boolean;
+  /**
+   * Workspace bytes per block that mm uses for one activation row (m = 1) when given a workspace:
+   * the row expanded once, so that the weight rows can be streamed one after another (0: fp8 has
+   * no such path). Without a workspace the same results come from the four-row tiles.
+   */
+  workBytesPerBlock: number;
 }
 
 export const QUANT_KERNELS: Readonly<Record<QuantKind, QuantKernel>> = {
-  q8_0: { activation: "q8_0", blockSize: 32, blockBytes: 34, actBlockBytes: 34, rowScales: false },
-  q4_0: { activation: "q8_0", blockSize: 32, blockBytes: 18, actBlockBytes: 34, rowScales: false },
-  q4_1: { activation: "q8_1", blockSize: 32, blockBytes: 20, actBlockBytes: 36, rowScales: false },
-  q5_0: { activation: "q8_0", blockSize: 32, blockBytes: 22, actBlockBytes: 34, rowScales: false },
-  q5_1: { activation: "q8_1", blockSize: 32, blockBytes: 24, actBlockBytes: 36, rowScales: false },
-  q4_k: { activation: "q8_k", blockSize: 256, blockBytes: 144, actBlockBytes: 292, rowScales: false },
-  q5_k: { activation: "q8_k", blockSize: 256, blockBytes: 176, actBlockBytes: 292, rowScales: false },
-  q6_k: { activation: "q8_k", blockSize: 256, blockBytes: 210, actBlockBytes: 292, rowScales: false },
-  mxfp4: { activation: "q8_0", blockSize: 32, blockBytes: 17, actBlockBytes: 34, rowScales: false },
-  int8: { activation: "q8_0", blockSize: 32, blockBytes: 32, actBlockBytes: 34, rowScales: true },
-  fp8: { activation: "f32", blockSize: 16, blockBytes: 16, actBlockBytes: 64, rowScales: true },
+  q8_0: { activation: "q8_0", blockSize: 32, blockBytes: 34, actBlockBytes: 34, rowScales: false, workBytesPerBlock: 80 },
+  q4_0: { activation: "q8_0", blockSize: 32, blockBytes: 18, actBlockBytes: 34, rowScales: false, workBytesPerBlock: 80 },
+  q4_1: { activation: "q8_1", blockSize: 32, blockBytes: 20, actBlockBytes: 36, rowScales: false, workBytesPerBlock: 80 },
+  q5_0: { activation: "q8_0", blockSize: 32, blockBytes: 22, actBlockBytes: 34, rowScales: false, workBytesPerBlock: 80 },
+  q5_1: { activation: "q8_1", blockSize: 32, blockBytes: 24, actBlockBytes: 36, rowScales: false, workBytesPerBlock: 80 },
+  q4_k: { activation: "q8_k", blockSize: 256, blockBytes: 144, actBlockBytes: 292, rowScales: false, workBytesPerBlock: 512 },
+  q5_k: { activation: "q8_k", blockSize: 256, blockBytes: 176, actBlockBytes: 292, rowScales: false, workBytesPerBlock: 512 },
+  q6_k: { activation: "q8_k", blockSize: 256, blockBytes: 210, actBlockBytes: 292, rowScales: false, workBytesPerBlock: 512 },
+  mxfp4: { activation: "q8_0", blockSize: 32, blockBytes: 17, actBlockBytes: 34, rowScales: false, workBytesPerBlock: 80 },
+  int8: { activation: "q8_0", blockSize: 32, blockBytes: 32, actBlockBytes: 34, rowScales: true, workBytesPerBlock: 80 },
+  fp8: { activation: "f32", blockSize: 16, blockBytes: 16, actBlockBytes: 64, rowScales: true, workBytesPerBlock: 0 },
 };
 
 /** Activation formats: elements and bytes per block (quantize takes a multiple of blockSize). */
@@ -54,6 +60,11 @@ export const ACTIVATION_BLOCKS: Readonly<Record<ActivationKind, { blockSize: num
 /** The activation format of a weight kind, or the activation kind itself ("q8_0" names both, consistently). */
 export function activationOf(kind: QuantKind | ActivationKind): ActivationKind {
   return kind in QUANT_KERNELS ? QUANT_KERNELS[kind as QuantKind].activation : (kind as ActivationKind);
+}
+
+/** The workspace mm may use for one activation row of `blocks` blocks of `kind` (see QuantKernel.workBytesPerBlock). */
+export function workspaceBytes(kind: QuantKind, blocks: number): number {
+  return QUANT_KERNELS[kind].workBytesPerBlock * blocks;
 }
 
 /** quant.wat, assembled once per process (cloneable to pool workers), or null with the reason. */
@@ -72,7 +83,7 @@ type Mm = (
   blocks: number,
   out: number,
   outStride: number,
-  scales?: number,
+  ...rest: number[]
 ) => void;
 
 /** One thread's instance of quant.wat over the shared memory. */
@@ -109,7 +120,8 @@ export class WasmQuant {
    * out[i · outStride + r] (f32 at byte address out; outStride in elements) = weight row r · activation
    * row i, for r < nRows and i < m: weight rows at w + r · wRowBytes, activation rows (already in the
    * kind's activation format) at xq + i · xqRowBytes, `blocks` blocks each. int8 and fp8 take the byte
-   * address of nRows f32 row scales.
+   * address of nRows f32 row scales. `work`: the address of workspaceBytes(kind, blocks) bytes of this
+   * thread's scratch, which makes m = 1 stream the weights (the results are the same without it).
    */
   mm(
     kind: QuantKind,
@@ -123,13 +135,14 @@ export class WasmQuant {
     out: number,
     outStride: number,
     scales = 0,
+    work = 0,
   ): void {
     if (nRows <= 0 || m <= 0) return;
     if (QUANT_KERNELS[kind].rowScales) {
       if (!scales) throw new Error(`mm ${kind}: per-row scales are required`);
-      this.products[kind](w, wRowBytes, nRows, xq, xqRowBytes, m, blocks, out, outStride, scales);
+      this.products[kind](w, wRowBytes, nRows, xq, xqRowBytes, m, blocks, out, outStride, scales, work);
     } else {
-      this.products[kind](w, wRowBytes, nRows, xq, xqRowBytes, m, blocks, out, outStride);
+      this.products[kind](w, wRowBytes, nRows, xq, xqRowBytes, m, blocks, out, outStride, work);
     }
   }
 }

@@ -100,7 +100,7 @@ interface CudaParts {
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
-  readonly capabilities: BackendCapabilities = { hostMemory: false, anyWeightDType: false, threads: 1 };
+  readonly capabilities: BackendCapabilities = { hostMemory: false, anyWeightDType: false, threads: 1, kvCacheDTypes: [] };
   readonly activationDType: DType;
   /** The GPU in use, as device selection described it. */
   readonly device: CudaDeviceSummary;
