@@ -13,7 +13,8 @@ import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
 import { convertHfToGguf } from "../src/convert/hf-to-gguf.js";
 import { useMoreBits } from "../src/convert/gguf-file-types.js";
 import { readGguf } from "../src/formats/gguf.js";
-import { loadModel } from "../src/model/load.js";
+import { loadModel, loadModelConfig } from "../src/model/load.js";
+import { planMemory, weightFormat } from "../src/model/memory-plan.js";
 import { type TinyArch, writeTinyModel } from "./helpers/tiny-model.js";
 
 const root = mkdtempSync(join(tmpdir(), "tokamak-gguf-quant-"));
@@ -184,5 +185,27 @@ describe("bad GGUF files get clear errors naming the file and the fault, with no
     assert.equal(patched.readUInt32LE(at), 512);
     patched.writeUInt32LE(384, at);
     rejects(write(patched), /"intermediate_size" is 384, but model.layers.0.mlp.up_proj.weight has 512 rows/);
+  });
+});
+
+describe("tokamak plan counts what loading allocates, for every format", () => {
+  it("q4_k_m, q8_0, q6_k GGUF files and --quantization int8 / fp8: planned weight bytes = allocated weight bytes", () => {
+    const dir = tinyModel("qwen2", 12);
+    const config = loadModelConfig(dir);
+    const measure = (path: string, opts: { quantization?: "int8" | "fp8" } = {}) => {
+      const before = backend.memoryStats().byTag.weights;
+      const loaded = loadModel(path, backend, { maxModelLen: 64, maxNumSeqs: 1, maxNumTokens: 64, ...opts });
+      const bytes = backend.memoryStats().byTag.weights - before;
+      loaded.model.dispose();
+      return bytes;
+    };
+    const planned = (format: string) =>
+      planMemory(config, { weightFormat: weightFormat(format, "bf16"), activationDType: "f32", maxModelLen: 64 }).weightBytes;
+    for (const type of ["q4_k_m", "q8_0", "q6_k", "q5_k_m"]) {
+      const path = join(root, `plan-${type}.gguf`);
+      convertHfToGguf(dir, path, { outType: type });
+      assert.equal(planned(type), measure(path), type);
+    }
+    for (const q of ["int8", "fp8"] as const) assert.equal(planned(q), measure(dir, { quantization: q }), q);
   });
 });
