@@ -14,6 +14,10 @@ import {
   tensorBytes,
 } from "../dtype.js";
 import { KernelMemory } from "./kernel-memory.js";
+import { type RowGeometry, type RowwiseArgs, rowwiseRange } from "./rowwise.js";
+
+/** Rows from which the row-wise ops are split across the threads. */
+const ROWWISE_PARALLEL_ROWS = 16;
 import type { QuantLinearArgs } from "./quant-linear.js";
 import { QUANT_KERNELS, type QuantKind, workspaceBytes } from "./wasm-quant.js";
 import { blockCodec } from "../../quant/ggml-quants.js";
@@ -222,31 +226,33 @@ export class CpuBackend implements Backend {
 
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, residual?: Tensor): void {
     const D = weight.numel;
-    const rows = rowIterator(x, D);
-    const outRows = rowIterator(out, D);
-    const resRows = residual ? rowIterator(residual, D) : undefined;
+    const rows = rowGeometry(x, D);
+    const outRows = rowGeometry(out, D);
+    const resRows = residual ? rowGeometry(residual, D) : null;
     if (rows.count !== outRows.count || (resRows && resRows.count !== rows.count)) {
       throw new Error(`rmsNorm: shapes differ: x ${x}, out ${out}${residual ? `, residual ${residual}` : ""}`);
     }
-    const xs = st(x).f32;
-    const os = st(out).f32;
     const w = f32Weights(weight);
-    const rs = residual ? st(residual).f32 : undefined;
-    for (let r = 0; r < rows.count; r++) {
-      let src = xs;
-      let so = rows.at(r);
-      if (rs && resRows) {
-        const ro = resRows.at(r);
-        for (let d = 0; d < D; d++) rs[ro + d] = rs[ro + d]! + xs[so + d]!;
-        src = rs;
-        so = ro;
-      }
-      let ss = 0;
-      for (let d = 0; d < D; d++) ss += src[so + d]! * src[so + d]!;
-      const inv = 1 / Math.sqrt(ss / D + eps);
-      const oo = outRows.at(r);
-      for (let d = 0; d < D; d++) os[oo + d] = src[so + d]! * inv * w.data[w.offset + d]!;
-    }
+    const args: RowwiseArgs = {
+      op: "rmsnorm",
+      x: st(x).f32,
+      xRows: rows,
+      out: st(out).f32,
+      outRows,
+      residual: residual ? st(residual).f32 : null,
+      resRows,
+      w: w.data,
+      wOffset: w.offset,
+      D,
+      eps,
+    };
+    this.runRows(args, rows.count);
+  }
+
+  /** Row-wise ops: across the threads for a prefill's many rows, on this thread for a few (a wake-up costs more). */
+  private runRows(args: RowwiseArgs, rows: number): void {
+    if (rows >= ROWWISE_PARALLEL_ROWS) this.pool.run({ kind: "rows", args }, rows);
+    else rowwiseRange(args, 0, rows);
   }
 
   linear(out: Tensor, x: Tensor, weight: Tensor, bias?: Tensor, scale?: Tensor): void {
@@ -516,16 +522,17 @@ export class CpuBackend implements Backend {
   siluAndMul(out: Tensor, x: Tensor): void {
     const [T, I] = out.shape as [number, number];
     expectShape("siluAndMul x", x, [T, 2 * I]);
-    const xs = st(x).f32;
-    const os = st(out).f32;
-    for (let t = 0; t < T; t++) {
-      const xo = x.offset + t * x.rowStride;
-      const oo = out.offset + t * out.rowStride;
-      for (let i = 0; i < I; i++) {
-        const g = xs[xo + i]!;
-        os[oo + i] = (g / (1 + Math.exp(-g))) * xs[xo + I + i]!;
-      }
-    }
+    const args: RowwiseArgs = {
+      op: "silu",
+      x: st(x).f32,
+      xOffset: x.offset,
+      xStride: x.rowStride,
+      out: st(out).f32,
+      outOffset: out.offset,
+      outStride: out.rowStride,
+      I,
+    };
+    this.runRows(args, T);
   }
 
   gatherRows(out: Tensor, x: Tensor, indices: Tensor): void {
@@ -629,14 +636,12 @@ function expectShape(what: string, t: Tensor, shape: number[]): void {
   if (t.shape[0] !== shape[0] || got !== want) throw new Error(`${what}: expected shape [${shape}], got [${t.shape}]`);
 }
 
-/** Rows of length D of a 2-D [r, D] or 3-D [r, h, D] view, as base offsets. */
-function rowIterator(t: Tensor, D: number): { count: number; at: (r: number) => number } {
+/** Rows of length D of a 2-D [r, D] or 3-D [r, h, D] view, as row geometry (see rowwise.ts). */
+function rowGeometry(t: Tensor, D: number): RowGeometry & { count: number } {
   if (t.shape[t.shape.length - 1] !== D) throw new Error(`expected last dimension ${D}, got ${t}`);
-  if (t.shape.length === 2) return { count: t.shape[0]!, at: (r) => t.offset + r * t.strides[0]! };
-  if (t.shape.length === 3) {
-    const H = t.shape[1]!;
-    return { count: t.shape[0]! * H, at: (r) => t.offset + Math.floor(r / H) * t.strides[0]! + (r % H) * t.strides[1]! };
-  }
+  if (t.shape.length === 2) return { count: t.shape[0]!, offset: t.offset, s0: t.strides[0]!, s1: 0, heads: 1 };
+  if (t.shape.length === 3)
+    return { count: t.shape[0]! * t.shape[1]!, offset: t.offset, s0: t.strides[0]!, s1: t.strides[1]!, heads: t.shape[1]! };
   throw new Error(`expected a 2-D or 3-D tensor, got ${t}`);
 }
 

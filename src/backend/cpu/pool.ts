@@ -2,12 +2,16 @@ import { availableParallelism } from "node:os";
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { type AttentionArgs, attentionRange, type LinearArgs, linearRange, Scratch } from "./kernels.js";
 import type { QuantLinearArgs } from "./quant-linear.js";
+import { type RowwiseArgs, rowwiseRange } from "./rowwise.js";
 import { PLAN_STRIDE, planAttention, wasmAttentionFits } from "./wasm-attention.js";
 import { type LinearModule, wasmModules } from "./wasm-linear.js";
 
 /** A parallel kernel call: the kernel name and its arguments (typed arrays over SharedArrayBuffers are shared, not copied). */
 export type Task =
-  { kind: "linear"; args: LinearArgs } | { kind: "qlinear"; args: QuantLinearArgs } | { kind: "attention"; args: AttentionArgs };
+  | { kind: "linear"; args: LinearArgs }
+  | { kind: "qlinear"; args: QuantLinearArgs }
+  | { kind: "rows"; args: RowwiseArgs }
+  | { kind: "attention"; args: AttentionArgs };
 
 export interface TaskMessage {
   task: Task;
@@ -23,6 +27,7 @@ const HEADER = 2;
 export function runTask(task: Task, start: number, end: number, scratch: Scratch): void {
   if (task.kind === "linear") linearRange(task.args, start, end, scratch);
   else if (task.kind === "qlinear") scratch.quant().run(task.args, start, end);
+  else if (task.kind === "rows") rowwiseRange(task.args, start, end);
   else attentionRange(task.args, start, end, scratch);
 }
 
