@@ -64,6 +64,11 @@ describe("tokamak quantize", () => {
     }
   });
 
+  it("upgrades the layers llama.cpp's use_more_bits picks (integer division), e.g. of 28", () => {
+    const picked = Array.from({ length: 28 }, (_, l) => l).filter((l) => useMoreBits(l, 28));
+    assert.deepEqual(picked, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 24, 25, 26, 27]);
+  });
+
   it("falls back as llama.cpp does where rows are not whole K-quant blocks (hidden 64)", () => {
     const dir = join(root, "narrow");
     writeTinyModel(dir, { arch: "qwen3", dtype: "f32", vocabSize: 256, hiddenSize: 64, intermediateSize: 128, numLayers: 1, seed: 3 });

@@ -45,9 +45,10 @@ export function ggufFileType(name: string): GgufFileType {
   return t;
 }
 
-/** llama.cpp's use_more_bits: the first and last eighth of the layers, and every third layer between. */
+/** llama.cpp's use_more_bits (integer division, as in C): the first and last eighth of the layers, and every third layer between. */
 export function useMoreBits(layer: number, layers: number): boolean {
-  return layer < layers / 8 || layer >= (7 * layers) / 8 || (layer - Math.floor(layers / 8)) % 3 === 2;
+  const eighth = Math.floor(layers / 8);
+  return layer < eighth || layer >= Math.floor((7 * layers) / 8) || (layer - eighth) % 3 === 2;
 }
 
 const FALLBACK: Partial<Record<DType, DType>> = {

@@ -87,11 +87,10 @@ export function weightFormat(name: string, stored: DType): WeightFormat {
 
 /** Layers that llama.cpp's mixes give more bits (use_more_bits), counted without a loop over absurd layer counts. */
 function moreBitsLayers(layers: number): number {
-  const first = Math.ceil(layers / 8);
-  const lastStart = Math.ceil((7 * layers) / 8);
-  const f = Math.floor(layers / 8);
-  const middle = lastStart > first ? Math.floor((lastStart - f) / 3) - Math.floor((first - f) / 3) : 0;
-  return Math.min(layers, first) + Math.max(0, layers - Math.max(lastStart, first)) + middle;
+  const first = Math.floor(layers / 8);
+  const lastStart = Math.floor((7 * layers) / 8);
+  // Layers [first, lastStart) with (layer - first) mod 3 = 2.
+  return first + (layers - lastStart) + Math.floor((lastStart - first) / 3);
 }
 
 /** Bytes of weights as the loader allocates them, from the architecture's declaration; 1-D parameters in the activation dtype. */
