@@ -67,7 +67,18 @@ export async function compareWithLlamaCpp(
   backend: Backend,
   modelPath: string,
   ggufPath: string,
-  opts: { tolerance: number; dtype?: DType; prompts: number[][]; steps: number },
+  opts: {
+    tolerance: number;
+    dtype?: DType;
+    prompts: number[][];
+    steps: number;
+    /**
+     * "assert" (default): llama.cpp's own greedy run must give Tokamak's tokens up to the first near-tie.
+     * "count": only count identical sequences (quantized files, where llama.cpp's token-by-token run and
+     * its batched evaluation can themselves differ by an amplified 8-bit rounding flip).
+     */
+    freeRunning?: "assert" | "count";
+  },
 ): Promise<StepStats> {
   const { tolerance, steps } = opts;
   const stats: StepStats = { maxDiff: 0, meanKl: 0, maxKl: 0, nearTies: 0, steps: 0, identicalSequences: 0, sequences: 0 };
@@ -109,11 +120,12 @@ export async function compareWithLlamaCpp(
         stats.steps++;
       }
       const free = await oracle.greedy(prompt, steps);
-      assert.deepEqual(
-        free.slice(0, firstNearTie + 1),
-        ours.tokens.slice(0, firstNearTie + 1),
-        `prompt of ${prompt.length} tokens: llama.cpp's greedy tokens differ before the first near-tie (step ${firstNearTie})`,
-      );
+      if (opts.freeRunning !== "count")
+        assert.deepEqual(
+          free.slice(0, firstNearTie + 1),
+          ours.tokens.slice(0, firstNearTie + 1),
+          `prompt of ${prompt.length} tokens: llama.cpp's greedy tokens differ before the first near-tie (step ${firstNearTie})`,
+        );
       stats.sequences++;
       if (free.every((tok, i) => tok === ours.tokens[i])) stats.identicalSequences++;
     }

@@ -55,6 +55,7 @@ export function rowwiseRange(a: RowwiseArgs, r0: number, r1: number): void {
     return;
   }
   const { D, w, wOffset } = a;
+  const eps = Math.fround(a.eps);
   for (let r = r0; r < r1; r++) {
     let src = a.x;
     let so = at(a.xRows, r);
@@ -65,10 +66,12 @@ export function rowwiseRange(a: RowwiseArgs, r0: number, r1: number): void {
       src = rs;
       so = ro;
     }
+    // As ggml's rms_norm (so that llama.cpp's oracle sees the same bits): f32 squares summed in
+    // f64, the mean and 1/sqrt(mean + eps) in f32, then (x · scale) rounded to f32, times w.
     let ss = 0;
-    for (let d = 0; d < D; d++) ss += src[so + d]! * src[so + d]!;
-    const inv = 1 / Math.sqrt(ss / D + a.eps);
+    for (let d = 0; d < D; d++) ss += Math.fround(src[so + d]! * src[so + d]!);
+    const inv = Math.fround(1 / Math.fround(Math.sqrt(Math.fround(Math.fround(ss / D) + eps))));
     const oo = at(a.outRows, r);
-    for (let d = 0; d < D; d++) a.out[oo + d] = src[so + d]! * inv * w[wOffset + d]!;
+    for (let d = 0; d < D; d++) a.out[oo + d] = Math.fround(src[so + d]! * inv) * w[wOffset + d]!;
   }
 }
