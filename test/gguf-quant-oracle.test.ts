@@ -29,7 +29,8 @@ import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
 import { convertHfToGguf } from "../src/convert/hf-to-gguf.js";
 import { compareWithLlamaCpp } from "./helpers/llama-cpp-compare.js";
 import { disposeLlamaCpp } from "./helpers/llama-cpp-oracle.js";
-import { type TinyArch, writeTinyModel } from "./helpers/tiny-model.js";
+import { writeQuantTinyModel } from "./helpers/quant-models.js";
+import type { TinyArch } from "./helpers/tiny-model.js";
 
 const root = mkdtempSync(join(tmpdir(), "tokamak-gguf-oracle-"));
 const backend = new CpuBackend({ threads: 2 });
@@ -44,23 +45,7 @@ const STEPS = 32;
 const TOLERANCE = 3e-2;
 const PROMPTS = [5, 21, 70].map((n) => Array.from({ length: n }, (_, i) => (i * 7919 + 13 * n) % VOCAB));
 
-/** Rows of 256 (hidden) and 512 (intermediate): whole blocks of every type, K-quants included. */
-function tinyModel(arch: TinyArch, seed: number): string {
-  const dir = join(root, `${arch}-${seed}`);
-  writeTinyModel(dir, {
-    arch,
-    dtype: "bf16",
-    vocabSize: VOCAB,
-    hiddenSize: 256,
-    intermediateSize: 512,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 64,
-    numLayers: 2,
-    seed,
-  });
-  return dir;
-}
+const tinyModel = (arch: TinyArch, seed: number) => writeQuantTinyModel(root, arch, seed);
 
 const TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"] as const;
 const table: string[] = [];

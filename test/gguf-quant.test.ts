@@ -15,6 +15,7 @@ import { useMoreBits } from "../src/convert/gguf-file-types.js";
 import { readGguf } from "../src/formats/gguf.js";
 import { loadModel, loadModelConfig } from "../src/model/load.js";
 import { planMemory, weightFormat } from "../src/model/memory-plan.js";
+import { writeQuantTinyModel } from "./helpers/quant-models.js";
 import { type TinyArch, writeTinyModel } from "./helpers/tiny-model.js";
 
 const root = mkdtempSync(join(tmpdir(), "tokamak-gguf-quant-"));
@@ -24,25 +25,7 @@ after(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-const VOCAB = 2048;
-
-/** Rows of 256 (hidden) and 512 (intermediate): whole blocks of every type, K-quants included. */
-function tinyModel(arch: TinyArch, seed: number): string {
-  const dir = join(root, `${arch}-${seed}`);
-  writeTinyModel(dir, {
-    arch,
-    dtype: "bf16",
-    vocabSize: VOCAB,
-    hiddenSize: 256,
-    intermediateSize: 512,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 64,
-    numLayers: 2,
-    seed,
-  });
-  return dir;
-}
+const tinyModel = (arch: TinyArch, seed: number) => writeQuantTinyModel(root, arch, seed);
 
 describe("tokamak quantize", () => {
   it("writes a Q4_K_M mix: Q6_K for the LM head and for attn_v / ffn_down where llama.cpp gives them more bits", () => {
