@@ -1,16 +1,17 @@
 /**
- * The quantized CPU kernels (quant.wat), one thread: GB/s of weight bytes for one activation row
- * (decode: a ~64 MiB weight matrix streamed from memory) and GFLOP/s for 64 rows (prefill), per
- * weight format, with K = 4096. The machine may be shared, so each cell is the best of several runs,
- * timed in CPU time.
+ * The CPU kernels over the kernel memory (quant.wat: the quantized formats and the dense bf16, f16
+ * and f32), one thread: GB/s of weight bytes for one activation row (decode: a ~64 MiB weight matrix
+ * streamed from memory) and GFLOP/s for 64 rows (prefill, with the workspace the backend passes),
+ * per weight format, with K = 4096. The machine may be shared, so each cell is the best of several
+ * runs, timed in CPU time.
  *
- *   npx tsc -p tsconfig.json && node dist/bench/quant-cpu.js [--kinds q4_k,q8_0] [--seconds 1] [--mib 64] [--js]
+ *   npx tsc -p tsconfig.json && node dist/bench/quant-cpu.js [--kinds q4_k,q8_0,bf16] [--seconds 1] [--mib 64] [--js]
  *
  * --js also times quant-dot.ts (the JavaScript fallback) on a small matrix.
  */
 import { dotRows } from "../src/backend/cpu/quant-dot.js";
 import { QUANT_KERNELS, type QuantKind, quantWasmModule, WasmQuant } from "../src/backend/cpu/wasm-quant.js";
-import { f32ToF16Bits } from "../src/backend/dtype.js";
+import { f32ToBf16Bits, f32ToF16Bits } from "../src/backend/dtype.js";
 import { flag, machine, numFlag, rng } from "./common.js";
 
 const kinds = flag("kinds", Object.keys(QUANT_KERNELS).join(",")).split(",") as QuantKind[];
@@ -43,6 +44,16 @@ for (let i = 0; i < 65536; i++) f32[SCALES / 4 + i] = 0.01;
 /** Sane scales in every block of `rows` rows (random bytes elsewhere): no inf/NaN or subnormal f16. */
 function fixScales(kind: QuantKind, rows: number): void {
   const { blockBytes, blockSize } = QUANT_KERNELS[kind];
+  if (kind === "bf16" || kind === "f16" || kind === "f32") {
+    // Dense weights: random values of a weight's size (random bits would be NaN, inf or subnormal now and then).
+    const dv = new DataView(mem.buffer);
+    for (let i = 0; i < rows * K; i++) {
+      const v = (r() * 2 - 1) * 0.05;
+      if (kind === "f32") dv.setFloat32(4 * i, v, true);
+      else dv.setUint16(2 * i, kind === "bf16" ? f32ToBf16Bits(v) : f32ToF16Bits(v), true);
+    }
+    return;
+  }
   const half = f32ToF16Bits(0.01);
   const put = (o: number) => {
     u8[o] = half & 0xff;
@@ -87,7 +98,8 @@ for (const kind of kinds) {
   const qms = best(() => wq.quantize(kind, X, K, XQ));
   const dms = best(() => wq.mm(kind, 0, rowBytes, n, XQ, xrb, 1, blocks, OUT, n, SCALES, WORK));
   const tms = best(() => wq.mm(kind, 0, rowBytes, n, XQ, xrb, 1, blocks, OUT, n, SCALES));
-  const pms = best(() => wq.mm(kind, 0, rowBytes, PREFILL_N, XQ, xrb, PREFILL_ROWS, blocks, OUT, PREFILL_N, SCALES));
+  // With a workspace, as the backend calls it (the dense kinds decode each four weight rows there once).
+  const pms = best(() => wq.mm(kind, 0, rowBytes, PREFILL_N, XQ, xrb, PREFILL_ROWS, blocks, OUT, PREFILL_N, SCALES, WORK));
   let js = "";
   if (withJs) {
     const jn = 256;

@@ -1,11 +1,12 @@
 /**
- * Writes src/backend/cpu/quant.wat, the CPU backend's quantized matrix-product kernels, from the
- * building blocks below: eleven weight formats share two loop structures (tiles of four weight rows
- * against 1, 2 or 4 activation rows, and a single-row streaming kernel for one activation row) and
- * differ in how a block's bits become 16-bit integers and scales, so the WebAssembly text is
- * generated rather than written out some forty times by hand. The inner steps are fully inlined (no
- * calls in the block loops: every v128 live across a wasm call is spilled); quant.wat's header
- * explains the structure and the math.
+ * Writes src/backend/cpu/quant.wat, the CPU backend's matrix-product kernels over the kernel memory,
+ * from the building blocks below: eleven quantized weight formats share two loop structures (tiles
+ * of four weight rows against 1, 2 or 4 activation rows, and a single-row streaming kernel for one
+ * activation row) and differ in how a block's bits become 16-bit integers and scales, so the
+ * WebAssembly text is generated rather than written out some forty times by hand; the dense bf16,
+ * f16 and f32 weights have their own streaming kernel and f32 panel tiles. The inner steps are
+ * fully inlined (no calls in the block loops: every v128 live across a wasm call is spilled);
+ * quant.wat's header explains the structure and the math.
  *
  *   npx tsc -p tsconfig.json && node dist/scripts/gen-quant-wat.js     # rewrites quant.wat
  *
@@ -935,6 +936,354 @@ function fp8Tile(C: number): string {
   return f.text();
 }
 
+// ---- dense weights (bf16, f16, f32), f32 activations ---------------------------------------------
+
+type Dense = "bf16" | "f16" | "f32";
+const DENSE: readonly Dense[] = ["bf16", "f16", "f32"];
+/** Weight bytes of a 16-element block. */
+const denseBytes = (d: Dense) => (d === "f32" ? 64 : 32);
+/** i8x16.shuffle patterns (zero vector first): 16-bit lanes 0-3 / 4-7 of the second operand into the high halves of i32 lanes. */
+const WIDEN_LO = "0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23";
+const WIDEN_HI = "8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31";
+
+/**
+ * Halves in the high 16 bits of each i32 lane (low bits zero) to f32, exactly, with integer
+ * operations and one exact subtraction, as linear.wat's cvt_f16: the exponent and mantissa moved
+ * to the f32 positions and rebiased, rebiased once more for inf/NaN, and zero / subnormal halves
+ * renormalized as (2^-14 + m · 2^-24) - 2^-14; then the sign. Leaves the result in local `name`.
+ */
+function f16Wide(f: Fn, v: string, name: string): string {
+  if (!v.startsWith("(local.get")) v = f.v(`${name}_h`, v);
+  const em = f.v("f16_em", `(i32x4.shr_u (v128.and ${v} ${f.k("h7fff", v32(0x7fff0000))}) ${i32(3)})`);
+  const e = f.v("f16_e", `(v128.and ${em} ${f.k("f16_exp", v32(0x0f800000))})`);
+  const rebias = f.k("f16_rebias", v32(0x38000000));
+  const o = f.v("f16_o", `(i32x4.add ${em} ${rebias})`);
+  f.v("f16_o", `(i32x4.add ${o} (v128.and (i32x4.eq ${e} ${f.k("f16_exp", v32(0x0f800000))}) ${rebias}))`);
+  const sub = `(f32x4.sub (i32x4.add ${o} ${f.k("f16_one", v32(0x00800000))}) ${f.k("f16_min", v32(0x38800000))})`;
+  f.v("f16_o", `(v128.bitselect ${sub} ${o} (i32x4.eq ${e} ${f.k("zero", ZERO)}))`);
+  return f.v(name, `(v128.or ${o} (v128.and ${v} ${f.k("sign", v32(-0x80000000))}))`);
+}
+
+/** Vector j (elements 4j..4j+3, f32x4) of the 16-element weight block at ptr + off. */
+function denseVector(f: Fn, d: Dense, ptr: string, off: number, j: number, name: string): string {
+  if (d === "f32") return `(v128.load offset=${off + 16 * j} ${ptr})`;
+  const wide = shuffle(j & 1 ? WIDEN_HI : WIDEN_LO, f.k("zero", ZERO), `(v128.load offset=${off + 16 * (j >> 1)} ${ptr})`);
+  return d === "bf16" ? wide : f16Wide(f, wide, name);
+}
+
+/** The four vectors of a block from two 16-byte loads (bf16 / f16), or four loads (f32), into locals ${p}0..3 where needed. */
+function denseBlock(f: Fn, d: Dense, ptr: string, p: string): string[] {
+  if (d === "f32") return [0, 1, 2, 3].map((j) => `(v128.load offset=${16 * j} ${ptr})`);
+  const z = f.k("zero", ZERO);
+  const a = f.v(`${p}a`, `(v128.load ${ptr})`);
+  const b = f.v(`${p}b`, `(v128.load offset=16 ${ptr})`);
+  const wide = [shuffle(WIDEN_LO, z, a), shuffle(WIDEN_HI, z, a), shuffle(WIDEN_LO, z, b), shuffle(WIDEN_HI, z, b)];
+  return d === "bf16" ? wide : wide.map((v, j) => f16Wide(f, v, `${p}${j}`));
+}
+
+/**
+ * $stream_D (w, wrb, n, x, nb, out): one activation row (m = 1), each weight row read once, in
+ * place. Four rows are in flight (one f32x4 accumulator chain each would be add-latency-bound
+ * alone), taken a quarter of the matrix apart: rows i, i + S, i + 2S, i + 3S for S = ceil(n / 4),
+ * so that each of the four is one long sequential stream, which the hardware prefetchers follow
+ * (four adjacent short rows read in step run at half the bandwidth). Rows past n repeat the last
+ * row and are not stored. Each block's four vectors are multiplied by the activation's and added to
+ * the row's accumulator in order, then the lane reduction.
+ */
+function denseStream(d: Dense): string {
+  const f = new Fn(
+    `$stream_${d}`,
+    [
+      ["w", "i32"],
+      ["wrb", "i32"],
+      ["n", "i32"],
+      ["x", "i32"],
+      ["nb", "i32"],
+      ["out", "i32"],
+    ],
+    null,
+  );
+  const bb = denseBytes(d);
+  f.set("s", "i32", `(i32.shr_u (i32.add ${get("n")} ${i32(3)}) ${i32(2)})`);
+  f.set("i", "i32", i32(0));
+  f.set("end", "i32", `(i32.add ${get("x")} (i32.shl ${get("nb")} ${i32(6)}))`);
+  f.set("last", "i32", `(i32.sub ${get("n")} ${i32(1)})`);
+  f.loop(`(i32.lt_u ${get("i")} ${get("s")})`, () => {
+    f.note("rows i + q·S (past the end: the last row again, not stored)");
+    for (let q = 0; q < 4; q++) {
+      const row = q === 0 ? get("i") : f.set(`row${q}`, "i32", `(i32.add ${get(q === 1 ? "i" : `row${q - 1}`)} ${get("s")})`);
+      const clamped = q === 0 ? row : `(select ${row} ${get("last")} (i32.lt_u ${row} ${get("n")}))`;
+      f.set(`w${q}`, "i32", `(i32.add ${get("w")} (i32.mul ${clamped} ${get("wrb")}))`);
+      f.v(`acc${q}`, ZERO);
+    }
+    f.set("xp", "i32", get("x"));
+    f.loop(`(i32.lt_u ${get("xp")} ${get("end")})`, () => {
+      for (let j = 0; j < 4; j++) f.v(`x${j}`, `(v128.load offset=${16 * j} ${get("xp")})`);
+      const step = (block: (q: number) => string[]) => {
+        for (let q = 0; q < 4; q++) {
+          const v = block(q);
+          for (let j = 0; j < 4; j++) f.v(`acc${q}`, `(f32x4.add ${get(`acc${q}`)} (f32x4.mul ${v[j]} ${get(`x${j}`)}))`);
+        }
+      };
+      if (d !== "f16") step((q) => denseBlock(f, d, get(`w${q}`), `w${q}_`));
+      else {
+        f.note("no zero, subnormal, inf or NaN half among the four blocks: the exponent rebiased in place, else cvt_f16's steps");
+        let chk = "";
+        for (let q = 0; q < 4; q++) {
+          for (const h of ["a", "b"]) {
+            const v = f.v(`w${q}_${h}`, `(v128.load offset=${h === "a" ? 0 : 16} ${get(`w${q}`)})`);
+            // (h + 0x0400) & 0x7800 is 0 exactly for the exponents 0 and 31.
+            const t = `(v128.and (i16x8.add ${v} ${f.k("h0400", v16(0x0400))}) ${f.k("h7800", v16(0x7800))})`;
+            chk = chk ? f.v("chk", `(i16x8.min_u ${chk} ${t})`) : f.v("chk", t);
+          }
+        }
+        const z = f.k("zero", ZERO);
+        const wide = (q: number) => {
+          const a = get(`w${q}_a`);
+          const b = get(`w${q}_b`);
+          return [shuffle(WIDEN_LO, z, a), shuffle(WIDEN_HI, z, a), shuffle(WIDEN_LO, z, b), shuffle(WIDEN_HI, z, b)];
+        };
+        // A normal half's f32, in 16-bit halves: high = s | (e + 112) << 7 | m >> 3 (the sign smeared by
+        // the arithmetic shift masked off), low = (m & 7) << 13; interleaved into the i32 lanes.
+        const fast = (q: number) =>
+          (["a", "b"] as const).flatMap((h) => {
+            const v = get(`w${q}_${h}`);
+            const hi = f.v(
+              `w${q}_${h}hi`,
+              `(i16x8.add (v128.and (i16x8.shr_s ${v} ${i32(3)}) ${f.k("h8fff", v16(0x8fff - 0x10000))}) ${f.k("h3800", v16(0x3800))})`,
+            );
+            const lo = f.v(`w${q}_${h}lo`, `(i16x8.shl ${v} ${i32(13)})`);
+            return [shuffle(WIDEN_LO, lo, hi), shuffle(WIDEN_HI, lo, hi)];
+          });
+        f.emit(`(if (i16x8.all_true ${chk})`);
+        f.emit(`  (then`);
+        step(fast);
+        f.emit(`  )`);
+        f.emit(`  (else`);
+        step((q) => wide(q).map((v, j) => f16Wide(f, v, `w${q}_${j}`)));
+        f.emit(`  ))`);
+      }
+      for (let q = 0; q < 4; q++) f.set(`w${q}`, "i32", `(i32.add ${get(`w${q}`)} ${i32(bb)})`);
+      f.set("xp", "i32", `(i32.add ${get("xp")} ${i32(64)})`);
+    });
+    const t = hsum4(f, "f32x4", [get("acc0"), get("acc1"), get("acc2"), get("acc3")], "t");
+    f.emit(`(f32.store (i32.add ${get("out")} (i32.shl ${get("i")} ${i32(2)})) (f32x4.extract_lane 0 ${t}))`);
+    for (let q = 1; q < 4; q++)
+      f.when(`(i32.lt_u ${get(`row${q}`)} ${get("n")})`, () =>
+        f.emit(`(f32.store (i32.add ${get("out")} (i32.shl ${get(`row${q}`)} ${i32(2)})) (f32x4.extract_lane ${q} ${t}))`),
+      );
+    f.set("i", "i32", `(i32.add ${get("i")} ${i32(1)})`);
+  });
+  return f.text();
+}
+
+/**
+ * $panel_D (w0, w1, w2, w3, nb, dst): four weight rows decoded to f32 into the workspace as a
+ * panel: for each four elements k..k+3 (k = 0, 4, ...), the four rows' vectors side by side
+ * (64 bytes), so that a tile reads one stream from one pointer.
+ */
+function densePanel(d: Dense): string {
+  const f = new Fn(
+    `$panel_${d}`,
+    [
+      ["w0", "i32"],
+      ["w1", "i32"],
+      ["w2", "i32"],
+      ["w3", "i32"],
+      ["nb", "i32"],
+      ["dst", "i32"],
+    ],
+    null,
+  );
+  f.set("end", "i32", `(i32.add ${get("dst")} (i32.shl ${get("nb")} ${i32(8)}))`);
+  f.loop(`(i32.lt_u ${get("dst")} ${get("end")})`, () => {
+    for (let r = 0; r < 4; r++) {
+      const v = denseBlock(f, d, W(r), `r${r}_`);
+      for (let j = 0; j < 4; j++) f.emit(`(v128.store offset=${64 * j + 16 * r} ${get("dst")} ${v[j]})`);
+      f.set(`w${r}`, "i32", `(i32.add ${W(r)} ${i32(denseBytes(d))})`);
+    }
+    f.set("dst", "i32", `(i32.add ${get("dst")} ${i32(256)})`);
+  });
+  return f.text();
+}
+
+/**
+ * $ptile_C (p, x, xrb, nb, oi, ob, left): a panel of four weight rows (see $panel_D) against C
+ * activation rows, one vector step (four elements) per iteration: TurboFan schedules every load of
+ * an iteration first, so the loads of one step (C + 4) and the 4·C accumulators are what must fit
+ * in registers (a longer body spills; measured 28 against 38 GFLOP/s for the 4 × 2 tile). The
+ * accumulators get the same additions in the same order as in $stream_D.
+ */
+function panelTile(C: number): string {
+  const f = new Fn(
+    `$ptile_${C}`,
+    [
+      ["p", "i32"],
+      ["x", "i32"],
+      ["xrb", "i32"],
+      ["nb", "i32"],
+      ["oi", "i32"],
+      ["ob", "i32"],
+      ["left", "i32"],
+    ],
+    null,
+  );
+  tileStart(f, C, 64);
+  for (let r = 0; r < 4; r++) for (let c = 0; c < C; c++) f.local(`a${r}_${c}`, "v128");
+  f.loop(`(i32.lt_u ${get("x")} ${get("end")})`, () => {
+    for (let c = 0; c < C; c++) f.v(`x${c}v`, `(v128.load ${X(c)})`);
+    for (let r = 0; r < 4; r++) {
+      const w = f.v("wv", `(v128.load offset=${16 * r} ${get("p")})`);
+      for (let c = 0; c < C; c++) f.v(`a${r}_${c}`, `(f32x4.add ${get(`a${r}_${c}`)} (f32x4.mul ${w} ${get(`x${c}v`)}))`);
+    }
+    f.set("p", "i32", `(i32.add ${get("p")} ${i32(64)})`);
+    for (let c = 0; c < C; c++) f.set(`x${c}`, "i32", `(i32.add ${X(c)} ${i32(16)})`);
+    f.set("x", "i32", X(0));
+  });
+  f.note("lane reduction (l0 + l2) + (l1 + l3) of each row");
+  for (let c = 0; c < C; c++) hsum4(f, "f32x4", [get(`a0_${c}`), get(`a1_${c}`), get(`a2_${c}`), get(`a3_${c}`)], `acc${c}`);
+  tileStore(f, C, false);
+  return f.text();
+}
+
+/**
+ * $dtile_D_C: four weight rows of kind D, read in place and decoded vector by vector, against C
+ * activation rows (mm without a workspace: slower than the panels, the same results).
+ */
+function denseTile(d: Dense, C: number): string {
+  const f = new Fn(
+    `$dtile_${d}_${C}`,
+    [
+      ["w0", "i32"],
+      ["w1", "i32"],
+      ["w2", "i32"],
+      ["w3", "i32"],
+      ["x", "i32"],
+      ["xrb", "i32"],
+      ["nb", "i32"],
+      ["oi", "i32"],
+      ["ob", "i32"],
+      ["left", "i32"],
+    ],
+    null,
+  );
+  tileStart(f, C, 64);
+  for (let r = 0; r < 4; r++) for (let c = 0; c < C; c++) f.local(`a${r}_${c}`, "v128");
+  f.loop(`(i32.lt_u ${get("x")} ${get("end")})`, () => {
+    for (let j = 0; j < 4; j++) {
+      for (let c = 0; c < C; c++) f.v(`x${j}_${c}`, `(v128.load offset=${16 * j} ${X(c)})`);
+      for (let r = 0; r < 4; r++) {
+        let w = denseVector(f, d, W(r), 0, j, "wv");
+        if (!w.startsWith("(local.get")) w = f.v("wv", w);
+        for (let c = 0; c < C; c++) f.v(`a${r}_${c}`, `(f32x4.add ${get(`a${r}_${c}`)} (f32x4.mul ${w} ${get(`x${j}_${c}`)}))`);
+      }
+    }
+    tileAdvance(f, C, denseBytes(d), 64);
+    f.set("x", "i32", X(0));
+  });
+  f.note("lane reduction (l0 + l2) + (l1 + l3) of each row");
+  for (let c = 0; c < C; c++) hsum4(f, "f32x4", [get(`a0_${c}`), get(`a1_${c}`), get(`a2_${c}`), get(`a3_${c}`)], `acc${c}`);
+  tileStore(f, C, false);
+  return f.text();
+}
+
+/**
+ * Activation rows per panel tile (the largest; a remainder runs as smaller ones) and per in-place
+ * tile: 2, whose 8 accumulators and 6 loads fit V8's 15 vector registers (3 measured slower).
+ */
+const PANEL_M = 2;
+const DTILE_M = 2;
+
+/**
+ * The activation rows against one group of four weight rows: tiles of the largest size M at a time,
+ * then one of each smaller size the remainder needs. `tile` names the function prefix and `wargs`
+ * its weight arguments.
+ */
+function denseRows(f: Fn, tile: string, M: number, wargs: string[]): void {
+  f.set("left", "i32", `(i32.sub ${get("n")} ${get("r")})`);
+  f.set("i", "i32", i32(0));
+  f.set("xi", "i32", get("x"));
+  f.set("oi", "i32", `(i32.add ${get("out")} (i32.shl ${get("r")} ${i32(2)}))`);
+  const args = [...wargs, get("xi"), get("xrb"), get("nb"), get("oi"), get("ob"), get("left")].join(" ");
+  f.loop(`(i32.le_u (i32.add ${get("i")} ${i32(M)}) ${get("m")})`, () => {
+    f.emit(`(call ${tile}_${M} ${args})`);
+    f.set("xi", "i32", `(i32.add ${get("xi")} (i32.mul ${get("xrb")} ${i32(M)}))`);
+    f.set("oi", "i32", `(i32.add ${get("oi")} (i32.mul ${get("ob")} ${i32(M)}))`);
+    f.set("i", "i32", `(i32.add ${get("i")} ${i32(M)})`);
+  });
+  for (let c = M - 1; c >= 1; c--) {
+    f.when(`(i32.ge_u (i32.sub ${get("m")} ${get("i")}) ${i32(c)})`, () => {
+      f.emit(`(call ${tile}_${c} ${args})`);
+      f.set("xi", "i32", `(i32.add ${get("xi")} (i32.mul ${get("xrb")} ${i32(c)}))`);
+      f.set("oi", "i32", `(i32.add ${get("oi")} (i32.mul ${get("ob")} ${i32(c)}))`);
+      f.set("i", "i32", `(i32.add ${get("i")} ${i32(c)})`);
+    });
+  }
+}
+
+const sizes = (M: number) => Array.from({ length: M }, (_, i) => i + 1);
+
+/**
+ * mm_D: m = 1 streams the rows ($stream_D); m > 1 takes the weight rows four at a time, decoded
+ * once into a panel in the workspace for all the activation rows (without a workspace, tiles that
+ * decode in place).
+ */
+function denseDriver(d: Dense): string {
+  const f = new Fn(
+    `(export "mm_${d}")`,
+    [
+      ["w", "i32"],
+      ["wrb", "i32"],
+      ["n", "i32"],
+      ["x", "i32"],
+      ["xrb", "i32"],
+      ["m", "i32"],
+      ["nb", "i32"],
+      ["out", "i32"],
+      ["os", "i32"],
+      ["work", "i32"],
+    ],
+    null,
+  );
+  f.note("one activation row: the weight rows streamed, each read once");
+  f.when(`(i32.eq ${get("m")} ${i32(1)})`, () => {
+    f.emit(`(call $stream_${d} ${get("w")} ${get("wrb")} ${get("n")} ${get("x")} ${get("nb")} ${get("out")})`);
+    f.emit("(return)");
+  });
+  f.set("ob", "i32", `(i32.shl ${get("os")} ${i32(2)})`);
+  f.set("r", "i32", i32(0));
+  f.set("last", "i32", `(i32.sub ${get("n")} ${i32(1)})`);
+  f.loop(`(i32.lt_u ${get("r")} ${get("n")})`, () => {
+    f.note("four rows r..r+3 (past the end: the last row again, not stored)");
+    for (let k = 0; k < 4; k++) {
+      const row =
+        k === 0
+          ? get("r")
+          : `(select (i32.add ${get("r")} ${i32(k)}) ${get("last")} (i32.lt_u (i32.add ${get("r")} ${i32(k)}) ${get("n")}))`;
+      f.set(`w${k}`, "i32", `(i32.add ${get("w")} (i32.mul ${row} ${get("wrb")}))`);
+    }
+    const w4 = [0, 1, 2, 3].map((k) => get(`w${k}`));
+    f.emit(`(if ${get("work")}`);
+    f.emit(`  (then`);
+    f.emit(`  (call $panel_${d} ${w4.join(" ")} ${get("nb")} ${get("work")})`);
+    denseRows(f, "$ptile", PANEL_M, [get("work")]);
+    f.emit(`  )`);
+    f.emit(`  (else`);
+    denseRows(f, `$dtile_${d}`, DTILE_M, w4);
+    f.emit(`  ))`);
+    f.set("r", "i32", `(i32.add ${get("r")} ${i32(4)})`);
+  });
+  return f.text();
+}
+
+/** Everything of the dense kinds: the shared panel tiles, then per kind its stream, panel, in-place tiles and mm. */
+function denseKernels(): string[] {
+  const parts = sizes(PANEL_M).flatMap((C) => ["", panelTile(C)]);
+  for (const d of DENSE)
+    parts.push("", denseStream(d), "", densePanel(d), ...sizes(DTILE_M).flatMap((C) => ["", denseTile(d, C)]), "", denseDriver(d));
+  return parts;
+}
+
 // ---- drivers -------------------------------------------------------------------------------------
 
 /**
@@ -1197,7 +1546,8 @@ const HEADER = `;; GENERATED by scripts/gen-quant-wat.ts: edit that, then run it
 ;; out[i · outStride + r] (f32; outStride in elements) = dot(weight row r at w + r · wRowBytes,
 ;; activation row i at xq + i · xqRowBytes) for r < nRows, i < m, each row holding \`blocks\` blocks.
 ;; work: 0, or a workspace of blocks · 80 bytes (32-element formats) / blocks · 512 (K formats) that
-;; the m = 1 path expands the activation row into (fp8 ignores it).
+;; the m = 1 path expands the activation row into (fp8 ignores it); for the dense kinds, blocks · 256
+;; bytes that m > 1 decodes each four weight rows into.
 ;;   m >= 2 (or no workspace): tiles of four weight rows against 4 (q4_0, q4_K: 2), then 2 and 1,
 ;;     activation rows: each weight block is loaded and unpacked once for all the tile's activation
 ;;     rows. The last tile repeats the last weight row in its unused lanes and stores only the real ones.
@@ -1206,6 +1556,14 @@ const HEADER = `;; GENERATED by scripts/gen-quant-wat.ts: edit that, then run it
 ;;     consecutive blocks, the four lane terms added to the row's accumulator in block order. One
 ;;     stream per row is what the hardware prefetchers follow well: four rows read in step run at
 ;;     half the memory bandwidth or less.
+;; Dense weights (mm_bf16, mm_f16, mm_f32; f32 activations, 16-element blocks), read in place:
+;;   m = 1: four weight rows in flight, a quarter of the matrix apart (rows i, i + S, i + 2S, i + 3S),
+;;     so that each is one long sequential stream; each weight is read once and decoded in registers
+;;     (bf16: shuffled into the high halves; f16: the exponent rebiased, with cvt_f16's steps for a
+;;     group holding a zero, subnormal, inf or NaN half).
+;;   m >= 2 with a workspace: each four weight rows decoded once into an f32 panel (the four rows'
+;;     vectors side by side), then 4 × 2 tiles over the activation rows, one vector step per loop
+;;     iteration (6 loads and 8 accumulators: no spills). Without a workspace the tiles decode in place.
 ;; The tiles' arithmetic is kept in order by a store to the $sink global after each row's step:
 ;; without it TurboFan schedules every load of a long straight-line block first and spills most of
 ;; what it loaded. Constants live in mutable globals, read once per call: a v128.const is rebuilt
@@ -1230,6 +1588,7 @@ const HEADER = `;; GENERATED by scripts/gen-quant-wat.ts: edit that, then run it
 ;;   q6_K               acc += f32(isum) · (d · dx)       (isum includes the -32 offset)
 ;;   int8               acc += f32(isum) · dx;   out = acc · scale
 ;;   fp8                lane l (of 4) += f32(w_k) · x_k for k = l (mod 4) in order, out = ((l0 + l2) + (l1 + l3)) · scale
+;;   bf16, f16, f32     the same without the scale: linear.wat's order, so the same bits as its kernels
 ;; starting from acc = 0. quant-dot.ts computes exactly this in JavaScript.
 ;;
 ;; Weight blocks (ggml's layouts, little-endian):`;
@@ -1243,6 +1602,9 @@ export function generateQuantWat(): string {
     `;;   q5_k   176 B / 256  f16 d, f16 dmin, scales[12], u8 qh[32], u8 qs[128]`,
     `;;   q6_k   210 B / 256  u8 ql[128], u8 qh[64], i8 scales[16], f16 d; x = d·sc_g·(q - 32)`,
     `;;   fp8     16 B / 16   e4m3 bytes (f32 activations, 64 B / 16); NaN (0x7f) decodes as 480`,
+    `;;   bf16    32 B / 16   bf16 (f32 activations, 64 B / 16); x = bits << 16`,
+    `;;   f16     32 B / 16   IEEE half, decoded exactly (subnormals, inf and NaN included)`,
+    `;;   f32     64 B / 16   f32`,
     `(module`,
     `  (import "env" "mem" (memory 1 65536 shared))`,
     `  (global $sink (mut v128) ${ZERO})`,
@@ -1269,6 +1631,7 @@ export function generateQuantWat(): string {
   parts.push(...tiles("q5_k", (C) => q45kTile("q5_k", C)), "", q45kRow1("q5_k"), "", driver("q5_k", false));
   parts.push(...tiles("q6_k", (C) => q6kTile(C)), "", q6kRow1(), "", driver("q6_k", false));
   parts.push(...tiles("fp8", (C) => fp8Tile(C)), "", driver("fp8", true));
+  parts.push(...denseKernels());
   parts.push(")", "");
   const globals = [...CONSTANTS].map(([n, v]) => `  (global $${n} (mut v128) ${v})`).join("\n");
   return parts.join("\n").replace("@CONSTANTS@", globals);

@@ -2,7 +2,9 @@
 // reference, and the determinism the engine's batch-invariance relies on, bit for bit: an output
 // element must not depend on how many rows the call has, where its row sits among them, which
 // slice of the output features a thread computes, or which kernel path (4x2 tile, odd row,
-// single-row bf16) it falls in.
+// single-row bf16) it falls in. Dense weight matrices in the kernel memory go through quant.wat's
+// dense kernels instead (test/cpu-quant-wasm.test.ts): the same bits, checked here through the
+// backend, with weights in and out of the kernel memory.
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { CpuBackend } from "../src/backend/cpu/cpu-backend.js";
@@ -10,6 +12,7 @@ import { type LinearArgs, linearRange, Scratch, type WeightKind } from "../src/b
 import { ThreadPool } from "../src/backend/cpu/pool.js";
 import { linearWasmModule } from "../src/backend/cpu/wasm-linear.js";
 import { f16ToF32Table, f32ToBf16Bits, f32ToF16Bits } from "../src/backend/dtype.js";
+import type { Tensor } from "../src/backend/tensor.js";
 import { gaussian as randn, Rng } from "./helpers/random.js";
 
 const KINDS: readonly WeightKind[] = ["bf16", "f16", "f32"];
@@ -278,5 +281,119 @@ describe("CPU linear, wasm SIMD", () => {
         for (const t of [x, w, bias, outAll, x1, out1, outJs]) backend.free(t.storage);
       });
     }
+  });
+
+  describe("dense weights in the kernel memory (quant.wat's dense kernels, read in place)", () => {
+    const resident = new CpuBackend({ threads: 2 });
+    // A kernel memory too small for any dense weight beside its reserve: every weight in a plain buffer, read by linear.wat.
+    const plain = new CpuBackend({ threads: 2, kernelMemoryBytes: 64 << 10 });
+    after(() => {
+      resident.dispose();
+      plain.dispose();
+    });
+    const address = (t: Tensor) => (t.storage as unknown as { address?: number }).address;
+
+    /** x [R, K] · w [N, K]ᵀ + bias on `b`, the weights and biases given as values; returns the output and the weight. */
+    function product(
+      b: CpuBackend,
+      kind: WeightKind,
+      xs: Float32Array,
+      ws: number[],
+      bs: number[] | null,
+      R: number,
+      K: number,
+      N: number,
+    ) {
+      const x = b.alloc([R, K], "f32", "activations", "x");
+      b.write(x, xs);
+      const w = b.alloc([N, K], kind, "weights", "w");
+      b.write(w, ws);
+      const bias = bs ? b.alloc([N], "f32", "weights", "b") : undefined;
+      if (bias) b.write(bias, bs!);
+      const out = b.alloc([R, N], "f32", "activations", "out");
+      b.linear(out, x, w, bias);
+      const values = b.read(out);
+      for (const t of [x, out, ...(bias ? [bias] : [])]) b.free(t.storage);
+      return { values, w };
+    }
+
+    for (const kind of KINDS) {
+      it(`${kind}: in the kernel memory, the same bits as linear.wat, alone or in a batch`, () => {
+        const rng = new Rng(5);
+        const K = 256;
+        const N = 1030;
+        const R = 37;
+        const xs = new Float32Array(R * K).map(() => randn(rng));
+        const ws = Array.from({ length: N * K }, () => randn(rng) * 0.1);
+        const bs = Array.from({ length: N }, () => randn(rng));
+        const a = product(resident, kind, xs, ws, bs, R, K, N);
+        const p = product(plain, kind, xs, ws, bs, R, K, N);
+        assert.notEqual(address(a.w), undefined, "placed in the kernel memory");
+        assert.equal(address(p.w), undefined, "in a plain buffer");
+        assertBitEqual(a.values, p.values, `${kind}: kernel memory vs linear.wat`);
+        for (const m of [0, 17, R - 1]) {
+          const one = product(resident, kind, xs.slice(m * K, (m + 1) * K), ws, bs, 1, K, N);
+          assertBitEqual(one.values, a.values.subarray(m * N, (m + 1) * N), `${kind} row ${m} alone vs in ${R}`);
+          resident.free(one.w.storage);
+        }
+        resident.free(a.w.storage);
+        plain.free(p.w.storage);
+      });
+    }
+
+    it("a prefill longer than one staging pass: the same bits row by row", () => {
+      const rng = new Rng(6);
+      const K = 4096;
+      const N = 8;
+      const R = 1100; // 16 MiB of staging holds 1024 rows of 4096 f32
+      const xs = new Float32Array(R * K).map(() => randn(rng));
+      const ws = Array.from({ length: N * K }, () => randn(rng) * 0.1);
+      const all = product(resident, "bf16", xs, ws, null, R, K, N);
+      for (const m of [0, 1023, 1024, R - 1]) {
+        const one = product(resident, "bf16", xs.slice(m * K, (m + 1) * K), ws, null, 1, K, N);
+        assertBitEqual(one.values, all.values.subarray(m * N, (m + 1) * N), `row ${m}`);
+        resident.free(one.w.storage);
+      }
+      resident.free(all.w.storage);
+    });
+
+    it("dense weights leave the kernel memory for a quantized one that needs the room, and compute the same", () => {
+      const b = new CpuBackend({ threads: 2, kernelMemoryBytes: 4 << 20 });
+      try {
+        const rng = new Rng(7);
+        const K = 1024;
+        const xs = new Float32Array(3 * K).map(() => randn(rng));
+        const x = b.alloc([3, K], "f32", "activations", "x");
+        b.write(x, xs);
+        const small = b.alloc([256, K], "bf16", "weights", "small"); // 512 KiB
+        const big = b.alloc([512, K], "bf16", "weights", "big"); // 1 MiB
+        for (const w of [small, big])
+          b.write(
+            w,
+            Array.from({ length: w.numel }, () => randn(rng) * 0.1),
+          );
+        assert.notEqual(address(small), undefined);
+        assert.notEqual(address(big), undefined);
+        const run = (w: Tensor) => {
+          const out = b.alloc([3, w.shape[0]!], "f32", "activations", "out");
+          b.linear(out, x, w);
+          const v = b.read(out);
+          b.free(out.storage);
+          return v;
+        };
+        const before = run(big);
+        const bigBytes = b.readBytes(big);
+        // About 3 MiB of Q8_0: only fits once the larger dense weight has moved out.
+        const q = b.alloc([2890, K], "q8_0", "weights", "q");
+        assert.notEqual(address(q), undefined);
+        assert.equal(address(big), undefined, "the largest dense weight moved to a plain buffer");
+        assert.notEqual(address(small), undefined, "the other one stayed");
+        assert.deepEqual(b.readBytes(big), bigBytes, "with its bytes");
+        assertBitEqual(run(big), before, "and its products");
+        for (const t of [x, small, big, q]) b.free(t.storage);
+      } finally {
+        b.dispose();
+      }
+    });
   });
 });

@@ -30,7 +30,10 @@ import { type LinearModule, wasmModule } from "./wasm-linear.js";
 
 interface CpuStorage extends Storage {
   readonly handle: SharedArrayBuffer;
-  /** Byte address in the kernel memory for storages placed there (quantized weights), else undefined: the storage is all of `handle`. */
+  /**
+   * Byte address in the kernel memory for storages placed there (quantized weights and their scales,
+   * dense weight matrices that fit), else undefined: the storage is all of `handle`.
+   */
   readonly address?: number;
   /** The logits live in a shared wasm memory, so sample.wat reads them where they are. */
   readonly wasm?: WebAssembly.Memory;
@@ -42,25 +45,47 @@ interface CpuStorage extends Storage {
 export interface CpuBackendOptions {
   /** Threads for matrix products and attention (default: all cores). */
   threads?: number;
+  /** The most the kernel memory holds (default and maximum: wasm32's 4 GiB; smaller in tests of what happens when it is full). */
+  kernelMemoryBytes?: number;
 }
+
+/** Dense weight encodings that quant.wat's kernels read in place (as QUANT_KERNELS kinds of the same names). */
+type DenseWeight = "bf16" | "f16" | "f32";
+const isDenseWeight = (dtype: DType): dtype is DenseWeight => dtype === "bf16" || dtype === "f16" || dtype === "f32";
+
+/**
+ * Kernel memory that dense weights leave free (256 MiB, or a quarter of a smaller limit): activation
+ * staging and per-thread tiles must fit beside the weights (quantized weights, which can go nowhere
+ * else, may take it; see allocResident).
+ */
+const denseReserve = (limit: number) => Math.min(256 * 2 ** 20, limit / 4);
+
+/** Activation rows per quantLinear pass are bounded so that their staging stays this small (longer prefills run in passes). */
+const STAGING_PASS_BYTES = 16 * 2 ** 20;
 
 /**
  * The reference backend: TypeScript kernels computing in f32, matrix products
  * and attention split across worker threads over SharedArrayBuffer storages.
- * Weights stay in their file dtype (bf16/f16/f32) and are decoded on the fly.
+ * Weights stay in their file dtype (bf16/f16/f32 or quantized) and are decoded on the fly;
+ * weight matrices live in the kernel memory (kernel-memory.ts), where every thread's
+ * quant.wat kernels read them in place (dense ones that do not fit stay in plain buffers,
+ * read by linear.wat).
  */
 export class CpuBackend implements Backend {
   readonly name = "cpu";
   readonly activationDType: DType = "f32";
   readonly pool: ThreadPool;
-  readonly kernelMemory = new KernelMemory();
+  readonly kernelMemory: KernelMemory;
   private ledger = new MemoryLedger();
+  /** Dense weights placed in the kernel memory: they move out to plain buffers when a quantized weight needs the room. */
+  private denseResident = new Set<CpuStorage>();
   /** Decoded blocks of an fp8 KV cache for one attention call (grown on demand). */
   private fp8Staging: { k: Tensor; v: Tensor; table: Tensor } | undefined;
   /** Staging for the activations of quantized products, in the kernel memory (grown on demand). */
   private quantWorkspace: { address: number; bytes: number } | undefined;
 
   constructor(opts: CpuBackendOptions = {}) {
+    this.kernelMemory = new KernelMemory(opts.kernelMemoryBytes);
     this.pool = new ThreadPool(opts.threads, { kernelMemory: this.kernelMemory.memory });
   }
 
@@ -80,6 +105,15 @@ export class CpuBackend implements Backend {
     const bytes = Math.ceil(tensorBytes(dtype, numel) / 4) * 4;
     // Quantized weights (and what their kernels read beside them) go to the kernel memory; an fp8 KV cache does not.
     if ((isQuantType(dtype) && tag === "weights") || opts.kernelResident) return this.allocResident(shape, dtype, tag, label, bytes);
+    // Dense weight matrices too, in whole blocks of 16 columns, where quant.wat's kernels run and while they fit beside the reserve.
+    if (tag === "weights" && shape.length === 2 && shape[1]! % 16 === 0 && isDenseWeight(dtype) && this.pool.quantImpl === "wasm-simd") {
+      const address = this.kernelMemory.alloc(bytes, denseReserve(this.kernelMemory.limitBytes));
+      if (address !== undefined) {
+        const t = this.residentTensor(address, shape, dtype, tag, label, bytes);
+        this.denseResident.add(st(t));
+        return t;
+      }
+    }
     if (bytes >= 2 ** 32) {
       throw new RangeError(
         `CPU backend: "${label}" needs ${bytes} bytes in one buffer; a single buffer must stay under 4 GiB (lower the KV cache size or the batch limits)`,
@@ -103,15 +137,34 @@ export class CpuBackend implements Backend {
     return new Tensor(storage, dtype, shape);
   }
 
-  /** A storage inside the kernel memory, where the quantized kernels of every thread read it in place. */
+  /**
+   * A storage inside the kernel memory, where the quantized kernels of every thread read it in place.
+   * While it does not fit, the activation staging is given up (the next product allocates it again)
+   * and then dense weights placed there move out to plain buffers, largest first.
+   */
   private allocResident(shape: readonly number[], dtype: DType, tag: MemoryTag, label: string, bytes: number): Tensor {
-    const address = this.kernelMemory.alloc(bytes);
+    let address = this.kernelMemory.alloc(bytes);
+    if (address === undefined && this.quantWorkspace) {
+      this.kernelMemory.release(this.quantWorkspace.address);
+      this.quantWorkspace = undefined;
+      address = this.kernelMemory.alloc(bytes);
+    }
+    while (address === undefined && this.denseResident.size > 0) {
+      let largest: CpuStorage | undefined;
+      for (const s of this.denseResident) if (!largest || s.bytes > largest.bytes) largest = s;
+      this.evictDense(largest!);
+      address = this.kernelMemory.alloc(bytes);
+    }
     if (address === undefined) {
       throw new RangeError(
         `CPU backend: "${label}" (${bytes} bytes) does not fit in the kernel memory beside ${this.kernelMemory.usedBytes} bytes already there; ` +
-          `quantized weights must fit in 4 GiB on this backend`,
+          `quantized weights must fit in ${this.kernelMemory.limitBytes === 2 ** 32 ? "4 GiB" : `${this.kernelMemory.limitBytes} bytes`} on this backend`,
       );
     }
+    return this.residentTensor(address, shape, dtype, tag, label, bytes);
+  }
+
+  private residentTensor(address: number, shape: readonly number[], dtype: DType, tag: MemoryTag, label: string, bytes: number): Tensor {
     const sab = this.kernelMemory.buffer;
     const storage: CpuStorage = {
       id: this.ledger.newId(),
@@ -128,9 +181,29 @@ export class CpuBackend implements Backend {
     return new Tensor(storage, dtype, shape);
   }
 
+  /**
+   * Move a dense weight out of the kernel memory into a plain buffer (the storage object stays, so
+   * every tensor over it follows; linear() reads it with linear.wat from then on).
+   */
+  private evictDense(s: CpuStorage): void {
+    this.denseResident.delete(s);
+    const sab = new SharedArrayBuffer(s.bytes);
+    new Uint8Array(sab).set(new Uint8Array(this.kernelMemory.buffer, s.address!, s.bytes));
+    this.kernelMemory.release(s.address!);
+    const moved: Pick<CpuStorage, "handle" | "address" | "f32" | "u16" | "i32"> = {
+      handle: sab,
+      address: undefined,
+      f32: new Float32Array(sab),
+      u16: new Uint16Array(sab),
+      i32: new Int32Array(sab),
+    };
+    Object.assign(s, moved);
+  }
+
   free(storage: Storage): void {
     this.ledger.remove(storage);
     const address = (storage as CpuStorage).address;
+    this.denseResident.delete(storage as CpuStorage);
     if (address !== undefined) this.kernelMemory.release(address);
   }
 
@@ -260,7 +333,8 @@ export class CpuBackend implements Backend {
     const M = x.shape[0]!;
     expectShape("linear x", x, [M, K]);
     expectShape("linear out", out, [M, N]);
-    if (isQuantType(weight.dtype)) {
+    // Quantized weights, and dense ones in the kernel memory (in whole blocks of 16 columns): quant.wat in place.
+    if (isQuantType(weight.dtype) || (isDenseWeight(weight.dtype) && st(weight).address !== undefined && K % 16 === 0)) {
       this.quantLinear(out, x, weight, bias, scale);
       return;
     }
@@ -278,8 +352,9 @@ export class CpuBackend implements Backend {
   }
 
   /**
-   * linear() over a quantized weight (see quant-linear.ts): x is copied into the kernel memory and
-   * quantized there once, then the threads read the weight in place.
+   * linear() over a weight in the kernel memory (see quant-linear.ts): x is copied into the kernel
+   * memory and quantized there once (f32 activations: copied only), then the threads read the weight
+   * in place. Long prefills go in passes of rows, which bounds the staging.
    */
   private quantLinear(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | undefined, scale: Tensor | undefined): void {
     const [N, K] = weight.shape as [number, number];
@@ -299,41 +374,51 @@ export class CpuBackend implements Backend {
     }
     const blocks = K / kernel.blockSize;
     const xqRowBytes = blocks * kernel.actBlockBytes;
-    // A decode reads each weight once: long tiles amortize the per-call cost; a prefill keeps its tile in cache.
-    const tileRows = M <= 4 ? 1024 : 64;
-    const workBytes = M === 1 ? Math.ceil(workspaceBytes(kind, blocks) / 64) * 64 : 0;
-    const tileBytes = Math.ceil((M * tileRows * 4) / 64) * 64 + workBytes;
-    const stagedBytes = M * K * 4;
-    const xqBytes = Math.ceil((M * xqRowBytes) / 64) * 64;
-    const base = this.workspace(stagedBytes + xqBytes + this.pool.threads * tileBytes);
-    const staged = base;
-    const xq = base + stagedBytes;
-    // x rows into the kernel memory, then into the activation format, once for all threads.
-    const mem = new Float32Array(this.kernelMemory.buffer);
-    const xs = st(x).f32;
-    for (let m = 0; m < M; m++) {
-      const src = x.offset + m * x.rowStride;
-      mem.set(xs.subarray(src, src + K), staged / 4 + m * K);
+    const direct = kernel.activation === "f32";
+    // f32 activations are copied straight into place; the others are staged as f32, then quantized.
+    const stagedRowBytes = direct ? 0 : K * 4;
+    const passRows = Math.max(1, Math.floor(STAGING_PASS_BYTES / (stagedRowBytes + xqRowBytes)));
+    const outMat = mat(out, st(out).f32);
+    for (let r0 = 0; r0 < M; r0 += passRows) {
+      const rows = Math.min(passRows, M - r0);
+      // A decode reads each weight once: long tiles amortize the per-call cost; a prefill keeps its tile in cache.
+      const tileRows = rows <= 4 ? 1024 : 64;
+      const workBytes = Math.ceil(workspaceBytes(kind, blocks, rows) / 64) * 64;
+      const tileBytes = Math.ceil((rows * tileRows * 4) / 64) * 64 + workBytes;
+      const stagedBytes = rows * stagedRowBytes;
+      const xqBytes = Math.ceil((rows * xqRowBytes) / 64) * 64;
+      const base = this.workspace(stagedBytes + xqBytes + this.pool.threads * tileBytes);
+      const staged = base;
+      const xq = base + stagedBytes;
+      // x rows into the kernel memory, then into the activation format, once for all threads.
+      const mem = new Float32Array(this.kernelMemory.buffer);
+      const xs = st(x).f32;
+      for (let m = 0; m < rows; m++) {
+        const src = x.offset + (r0 + m) * x.rowStride;
+        mem.set(xs.subarray(src, src + K), direct ? xq / 4 + m * K : staged / 4 + m * K);
+      }
+      if (!direct) {
+        const local = this.pool.local.quant();
+        for (let m = 0; m < rows; m++) local.quantize(kind, staged + m * K * 4, K, xq + m * xqRowBytes);
+      }
+      const args: QuantLinearArgs = {
+        kind,
+        w: ws.address + weight.byteOffset,
+        wRowBytes: tensorBytes(weight.dtype, weight.rowStride),
+        xq,
+        xqRowBytes,
+        rows,
+        blocks,
+        tiles: xq + xqBytes,
+        tileBytes,
+        workBytes,
+        tileRows,
+        scale: scale ? st(scale).address! + scale.byteOffset : 0,
+        out: { ...outMat, offset: outMat.offset + r0 * outMat.stride },
+        bias: bias ? f32Weights(bias) : null,
+      };
+      this.pool.run({ kind: "qlinear", args }, N, 4);
     }
-    const local = this.pool.local.quant();
-    for (let m = 0; m < M; m++) local.quantize(kind, staged + m * K * 4, K, xq + m * xqRowBytes);
-    const args: QuantLinearArgs = {
-      kind,
-      w: ws.address + weight.byteOffset,
-      wRowBytes: tensorBytes(weight.dtype, weight.rowStride),
-      xq,
-      xqRowBytes,
-      rows: M,
-      blocks,
-      tiles: xq + xqBytes,
-      tileBytes,
-      workBytes,
-      tileRows,
-      scale: scale ? st(scale).address! + scale.byteOffset : 0,
-      out: mat(out, st(out).f32),
-      bias: bias ? f32Weights(bias) : null,
-    };
-    this.pool.run({ kind: "qlinear", args }, N, 4);
   }
 
   /**
@@ -604,7 +689,7 @@ function rowKernels(mem: WebAssembly.Memory): RowKernels {
   return k;
 }
 
-/** The kernel family computing with weights of `dtype`. */
+/** The kernel family computing with weights of `dtype` (the dense bf16, f16 and f32 included: same names). */
 function quantKind(dtype: DType): QuantKind {
   if (dtype === "fp8_e4m3") return "fp8";
   if (!(dtype in QUANT_KERNELS)) throw new Error(`linear: no CPU kernel for ${dtype} weights`);

@@ -4,8 +4,8 @@
  * being copied into each thread's own wasm memory (the copy bounded decode at ~10 GB/s).
  *
  * Storages are carved out of it by a first-fit allocator over 64-byte-aligned ranges; it grows in
- * 64 KiB pages as weights are loaded, up to wasm32's 4 GiB. Growing a shared memory never moves
- * or detaches it, so views made before a growth stay valid.
+ * 64 KiB pages as weights are loaded, up to wasm32's 4 GiB (or a smaller limit). Growing a shared
+ * memory never moves or detaches it, so views made before a growth stay valid.
  */
 
 const PAGE = 65536;
@@ -24,8 +24,12 @@ export class KernelMemory {
   /** End of the highest allocation: everything above it (to the memory's size) is free. */
   private top = ALIGN;
   private sizes = new Map<number, number>();
+  /** Bytes the allocator may use (the memory itself may grow to 4 GiB regardless). */
+  readonly limitBytes: number;
 
-  constructor() {
+  /** `limitBytes`: the most this memory hands out, at most wasm32's 4 GiB (a smaller limit lets tests reach it). */
+  constructor(limitBytes = MAX_PAGES * PAGE) {
+    this.limitBytes = Math.min(limitBytes, MAX_PAGES * PAGE);
     this.memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
   }
 
@@ -41,8 +45,11 @@ export class KernelMemory {
     return n;
   }
 
-  /** The address of `bytes` fresh bytes (zeroed), or undefined when wasm32's 4 GiB cannot hold them. */
-  alloc(bytes: number): number | undefined {
+  /**
+   * The address of `bytes` fresh bytes (zeroed), or undefined when the limit cannot hold them with at
+   * least `reserve` bytes to spare beyond the highest allocation (room kept for what must be there).
+   */
+  alloc(bytes: number, reserve = 0): number | undefined {
     const size = Math.max(ALIGN, Math.ceil(bytes / ALIGN) * ALIGN);
     const i = this.free.findIndex((r) => r.end - r.start >= size);
     let addr: number;
@@ -55,6 +62,7 @@ export class KernelMemory {
     } else {
       addr = this.top;
       const end = addr + size;
+      if (end + reserve > this.limitBytes) return undefined;
       const have = this.memory.buffer.byteLength;
       if (end > have) {
         const pages = Math.ceil((end - have) / PAGE);

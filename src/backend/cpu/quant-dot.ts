@@ -4,6 +4,7 @@
  * wasm is one Math.fround here, in the same order (the integer dots are exact, so their order is
  * free); quant.wat's header states the formulas.
  */
+import { f16ToF32Table } from "../dtype.js";
 import { type ActivationKind, activationOf, QUANT_KERNELS, type QuantKind } from "./wasm-quant.js";
 
 const fr = Math.fround;
@@ -253,10 +254,40 @@ function dotRow(kind: QuantKind, w: Row, x: Row, xv: DataView, blocks: number): 
       }
       return acc;
     }
-    case "fp8": {
+    case "fp8":
+    case "bf16":
+    case "f16":
+    case "f32": {
+      // Lane k mod 4 of one f32x4 accumulator, in order, then (l0 + l2) + (l1 + l3): linear.wat's order too.
+      const at = denseReader(kind, w);
       const l = [0, 0, 0, 0];
-      for (let k = 0; k < blocks * 16; k++) l[k & 3] = fr(l[k & 3]! + fr(FP8[u[w.o + k]!]! * xv.getFloat32(x.o + 4 * k, true)));
+      for (let k = 0; k < blocks * 16; k++) l[k & 3] = fr(l[k & 3]! + fr(at(k) * xv.getFloat32(x.o + 4 * k, true)));
       return fr(fr(l[0]! + l[2]!) + fr(l[1]! + l[3]!));
+    }
+  }
+}
+
+const bitsU32 = new Uint32Array(1);
+const bitsF32 = new Float32Array(bitsU32.buffer);
+
+/** Element k of an fp8 / bf16 / f16 / f32 weight row, decoded exactly (f16: subnormals, inf and NaN included). */
+function denseReader(kind: "fp8" | "bf16" | "f16" | "f32", w: Row): (k: number) => number {
+  const { u, o } = w;
+  switch (kind) {
+    case "fp8":
+      return (k) => FP8[u[o + k]!]!;
+    case "bf16":
+      return (k) => {
+        bitsU32[0] = u16(u, o + 2 * k) << 16;
+        return bitsF32[0]!;
+      };
+    case "f16": {
+      const t = f16ToF32Table();
+      return (k) => t[u16(u, o + 2 * k)]!;
+    }
+    case "f32": {
+      const dv = new DataView(u.buffer, u.byteOffset, u.byteLength);
+      return (k) => dv.getFloat32(o + 4 * k, true);
     }
   }
 }
@@ -264,8 +295,8 @@ function dotRow(kind: QuantKind, w: Row, x: Row, xv: DataView, blocks: number): 
 /**
  * out[outOff + i · outStride + r] = weight row r · activation row i for r < nRows, i < m, exactly as
  * quant.wat's mm_<kind>: weight rows at w[wOff + r · wRowBytes], activation rows (in the kind's
- * activation format, see QUANT_KERNELS) at xq[xqOff + i · xqRowBytes], `blocks` blocks each; int8 and
- * fp8 multiply row r by scales[r].
+ * activation format, see QUANT_KERNELS; f32 for fp8 and the dense kinds) at xq[xqOff + i · xqRowBytes],
+ * `blocks` blocks each; int8 and fp8 multiply row r by scales[r].
  */
 export function dotRows(
   kind: QuantKind,

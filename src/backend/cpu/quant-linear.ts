@@ -1,10 +1,11 @@
 /**
- * Matrix products over quantized weights (GGUF block formats, int8 and fp8 per channel) on the
- * CPU. Weights lie in the kernel memory (kernel-memory.ts) and are read in place. The calling
- * thread first quantizes the activations once into that memory, in the format each weight type's
- * dot product takes (ggml's vec_dot_type: Q8_0, Q8_1 or Q8_K; f32 for fp8); then every thread
- * runs the kernels over its slice of output features, a tile of rows at a time, into its own tile
- * of the kernel memory (int8/fp8 scales applied there), and copies the tile out adding the bias.
+ * Matrix products over weights in the kernel memory (kernel-memory.ts) on the CPU: quantized ones
+ * (GGUF block formats, int8 and fp8 per channel) and dense bf16 / f16 / f32 matrices, read in
+ * place. The calling thread first puts the activations into that memory once, in the format each
+ * weight type's dot product takes (ggml's vec_dot_type: Q8_0, Q8_1 or Q8_K; f32 for fp8 and the
+ * dense kinds); then every thread runs the kernels over its slice of output features, a tile of
+ * rows at a time, into its own tile of the kernel memory (int8/fp8 scales applied there), and
+ * copies the tile out adding the bias.
  */
 import type { Mat } from "./kernels.js";
 import { type QuantKind, WasmQuant } from "./wasm-quant.js";
@@ -24,7 +25,10 @@ export interface QuantLinearArgs {
   /** Each thread's output tile: thread `slot` writes at tiles + slot · tileBytes; its single-row workspace follows the tile. */
   tiles: number;
   tileBytes: number;
-  /** Bytes of the workspace after each tile (0: none), where a one-row product expands its activations once. */
+  /**
+   * Bytes of the workspace after each tile (0: none), where a one-row product over quantized weights
+   * expands its activations once and a product over dense ones decodes each four weight rows once.
+   */
   workBytes: number;
   /** Output features per tile. */
   tileRows: number;
