@@ -37,6 +37,7 @@ import { Generator } from "../src/engine/generator.js";
 import { loadModel } from "../src/model/load.js";
 import type { Linear } from "../src/model/linear.js";
 import { BLOCK_CODECS, dequantizeRows, type GgmlBlockType, quantizeRows } from "../src/quant/ggml-quants.js";
+import { maxAbs, top2Gap } from "./helpers/llama-cpp-compare.js";
 import { argmax, disposeLlamaCpp, LlamaCppOracle, llamaCppLogs } from "./helpers/llama-cpp-oracle.js";
 import {
   ggmlDequantize,
@@ -154,23 +155,6 @@ function blockMismatches(a: Uint8Array, b: Uint8Array, blockBytes: number): numb
     }
   }
   return n;
-}
-
-const maxAbs = (row: ArrayLike<number>) => {
-  let m = 0;
-  for (let i = 0; i < row.length; i++) m = Math.max(m, Math.abs(row[i]!));
-  return m;
-};
-
-function top2Gap(row: ArrayLike<number>): number {
-  let a = -Infinity;
-  let b = -Infinity;
-  for (let i = 0; i < row.length; i++) {
-    const v = row[i]!;
-    if (v > a) [a, b] = [v, a];
-    else if (v > b) b = v;
-  }
-  return a - b;
 }
 
 /** The element types llama.cpp chose, by tensor name. */

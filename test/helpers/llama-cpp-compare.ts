@@ -41,13 +41,15 @@ export interface StepStats {
   sequences: number;
 }
 
-function maxAbs(row: ArrayLike<number>): number {
+/** Largest |value| of a logit row: the scale tolerances are relative to. */
+export function maxAbs(row: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < row.length; i++) m = Math.max(m, Math.abs(row[i]!));
   return m;
 }
 
-function top2Gap(row: ArrayLike<number>): number {
+/** The gap between a row's two largest values (a near-tie when within the tolerance). */
+export function top2Gap(row: ArrayLike<number>): number {
   let a = -Infinity;
   let b = -Infinity;
   for (let i = 0; i < row.length; i++) {

@@ -253,25 +253,7 @@ export class LinearGemm {
   run(c: LinearCall, stream: Stream): void {
     const plan = this.plan(c);
     if (c.bias !== null) this.lt.matmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC.BIAS_POINTER, "ptr", c.bias);
-    const r = this.lt.raw.cublasLtMatmul(
-      this.handle.handle,
-      plan.desc.handle,
-      this.alpha,
-      c.w,
-      plan.a.handle,
-      c.x,
-      plan.b.handle,
-      this.beta,
-      c.out,
-      plan.d.handle,
-      c.out,
-      plan.d.handle,
-      plan.algos.algoAddress(0),
-      this.workspace.address,
-      this.workspace.bytes,
-      stream.handle,
-    );
-    if (r !== 0) this.lt.check(r, "cublasLtMatmul", describe(c));
+    this.matmul(plan, c, stream, () => describe(c));
   }
 
   /** out = wScale · xScale · (x_q · W_qᵀ) (+ bias) with e4m3 operands (sm_89+); see the header of this file. */
@@ -281,6 +263,11 @@ export class LinearGemm {
     this.lt.matmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC.A_SCALE_POINTER, "ptr", c.wScale);
     this.lt.matmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC.B_SCALE_POINTER, "ptr", c.xScale);
     if (c.bias !== null) this.lt.matmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC.BIAS_POINTER, "ptr", c.bias);
+    this.matmul(plan, c, stream, () => describeFp8(c));
+  }
+
+  /** One cublasLtMatmul of a planned call: out = alpha · (x · Wᵀ) + beta · out, in place. */
+  private matmul(plan: Plan, c: Pick<LinearCall, "w" | "x" | "out">, stream: Stream, what: () => string): void {
     const r = this.lt.raw.cublasLtMatmul(
       this.handle.handle,
       plan.desc.handle,
@@ -299,7 +286,7 @@ export class LinearGemm {
       this.workspace.bytes,
       stream.handle,
     );
-    if (r !== 0) this.lt.check(r, "cublasLtMatmul", describeFp8(c));
+    if (r !== 0) this.lt.check(r, "cublasLtMatmul", what());
   }
 
   dispose(): void {
