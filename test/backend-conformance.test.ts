@@ -18,6 +18,9 @@ import { CUBLAS_OP_N, CUBLAS_OP_T } from "../src/backend/cuda/ffi/cublaslt.js";
 import { addressAlignment, linearLayout } from "../src/backend/cuda/linear-gemm.js";
 import { decodeFloats, type DenseDType, type DType, encodeFloats } from "../src/backend/dtype.js";
 import { Tensor } from "../src/backend/tensor.js";
+import { createWebGpuBackend, probeWebGpu } from "../src/backend/webgpu/node-gpu.js";
+import type { WebGpuBackend } from "../src/backend/webgpu/webgpu-backend.js";
+import { webGpuSkip } from "./helpers/webgpu.js";
 import { randInt, randn, Rng, shuffle } from "./helpers/random.js";
 
 type FloatDType = "f32" | "f16" | "bf16";
@@ -70,9 +73,9 @@ function headsView(base: Tensor, col: number, heads: number, headDim: number): T
 }
 
 /** Reads a placed output and checks that nothing outside its view was written. */
-function readPlaced(b: Backend, p: Placed, what: string): Float32Array {
+async function readPlaced(b: Backend, p: Placed, what: string): Promise<Float32Array> {
   if (p.base !== p.view) {
-    const all = b.read(p.base);
+    const all = await b.readAsync(p.base);
     const [rows, width] = p.base.shape as [number, number];
     const c0 = p.view.offset - p.base.offset;
     const cols = p.view.shape[1]!;
@@ -83,7 +86,7 @@ function readPlaced(b: Backend, p: Placed, what: string): Float32Array {
       }
     }
   }
-  return b.read(p.view);
+  return b.readAsync(p.view);
 }
 
 // ---------------------------------------------------------------- comparison
@@ -132,7 +135,7 @@ type Outputs = Record<string, ArrayLike<number>>;
 interface OpCase {
   name: string;
   /** Runs the op on `b` with the given dtypes and reads every output back. */
-  run(b: Backend, d: RunDTypes): Outputs;
+  run(b: Backend, d: RunDTypes): Promise<Outputs>;
   /** The same outputs computed in f64 from the same (rounded) inputs. */
   reference(): Outputs;
 }
@@ -144,10 +147,10 @@ function embeddingCase(tableDType: FloatDType, T: number, vocab: number, hidden:
   const ids = Array.from({ length: T }, () => randInt(rng, 0, vocab));
   return {
     name: `embedding ${tableDType} table [${vocab}, ${hidden}], ${T} tokens${pad ? `, out row stride ${hidden + pad}` : ""}`,
-    run(b, d) {
+    async run(b, d) {
       const out = place(b, new Float64Array(T * hidden), T, hidden, d.act, pad, pad ? 3 : 0);
       b.embedding(out.view, put(b, ids, [T], "i32"), put(b, table, [vocab, hidden], tableDType, "table"));
-      return { out: readPlaced(b, out, "embedding") };
+      return { out: await readPlaced(b, out, "embedding") };
     },
     reference() {
       const out = new Float64Array(T * hidden);
@@ -181,14 +184,14 @@ function rmsNormCase(input: FloatDType, s: NormShape, seed: number): OpCase {
   const layout = s.heads > 0 ? `[${s.T}, ${s.heads}, ${s.D}] per-head view` : `[${s.T}, ${s.D}]`;
   return {
     name: `rmsNorm ${input} ${layout}${s.pad ? `, row stride ${width + s.pad}` : ""}${s.residual ? ", fused residual" : ""}${s.inPlace ? ", in place" : ""}`,
-    run(b, d) {
+    async run(b, d) {
       const view = (p: Placed) => (s.heads > 0 ? headsView(p.base, p.view.offset - p.base.offset, s.heads, s.D) : p.view);
       const xp = place(b, x, s.T, width, d.act, s.pad, s.pad ? 5 : 0);
       const op = s.inPlace ? xp : place(b, new Float64Array(rows * s.D), s.T, width, d.act, s.pad, s.pad ? 2 : 0);
       const rp = s.residual ? place(b, res, s.T, width, d.act, s.pad, s.pad ? 1 : 0) : undefined;
       b.rmsNorm(view(op), view(xp), put(b, w, [s.D], d.param, "norm weight"), eps, rp ? view(rp) : undefined);
-      const outs: Outputs = { out: readPlaced(b, op, "rmsNorm out") };
-      if (rp) outs.residual = readPlaced(b, rp, "rmsNorm residual");
+      const outs: Outputs = { out: await readPlaced(b, op, "rmsNorm out") };
+      if (rp) outs.residual = await readPlaced(b, rp, "rmsNorm residual");
       return outs;
     },
     reference() {
@@ -230,13 +233,13 @@ function linearCase(input: FloatDType, s: LinearShape, seed: number): OpCase {
     name:
       `linear ${input} x[${s.M}, ${s.K}]·W[${s.N}, ${s.K}]ᵀ${s.bias === "none" ? "" : ` + ${s.bias === "f32" ? "f32 " : ""}bias`}` +
       `${s.xPad ? `, x row stride ${s.K + s.xPad}` : ""}${s.outPad ? `, out row stride ${s.N + s.outPad}` : ""}`,
-    run(b, d) {
+    async run(b, d) {
       const xp = place(b, x, s.M, s.K, d.act, s.xPad, s.xPad ? 8 : 0);
       const op = place(b, new Float64Array(s.M * s.N), s.M, s.N, d.act, s.outPad, s.outPad ? 8 : 0);
       const wt = put(b, w, [s.N, s.K], input, "weight");
       const bt = s.bias === "none" ? undefined : put(b, bias, [s.N], s.bias === "f32" ? "f32" : d.param, "bias");
       b.linear(op.view, xp.view, wt, bt);
-      return { out: readPlaced(b, op, "linear") };
+      return { out: await readPlaced(b, op, "linear") };
     },
     reference() {
       const out = new Float64Array(s.M * s.N);
@@ -291,7 +294,7 @@ function ropeCase(input: FloatDType, s: RopeShape, seed: number): OpCase {
   const cacheSize = s.numBlocks * s.blockSize * s.Hkv * s.D;
   return {
     name: `ropeAndCacheWrite ${input} q ${s.Hq}×${s.D}, kv ${s.Hkv}×${s.D}, rotary ${s.rotaryDim}, ${s.T} tokens, block ${s.blockSize}`,
-    run(b, d) {
+    async run(b, d) {
       const fused = put(b, qkv, [s.T, width], d.act, "qkv");
       const q = headsView(fused, 0, s.Hq, s.D);
       const k = headsView(fused, s.Hq * s.D, s.Hkv, s.D);
@@ -306,7 +309,7 @@ function ropeCase(input: FloatDType, s: RopeShape, seed: number): OpCase {
       const kCache = b.alloc(cacheShape, d.act, "kv-cache", "k cache");
       const vCache = b.alloc(cacheShape, d.act, "kv-cache", "v cache");
       b.ropeAndCacheWrite(q, k, v, put(b, positions, [s.T], "i32"), rope, put(b, slots, [s.T], "i32"), kCache, vCache);
-      return { q: b.read(q), k: b.read(k), kCache: b.read(kCache), vCache: b.read(vCache) };
+      return { q: await b.readAsync(q), k: await b.readAsync(k), kCache: await b.readAsync(kCache), vCache: await b.readAsync(vCache) };
     },
     reference() {
       const half = s.rotaryDim / 2;
@@ -378,7 +381,7 @@ function attentionCase(input: FloatDType, s: AttentionShape, seed: number): OpCa
     name:
       `pagedAttention ${input} [${kinds.join(", ")}] ctx [${seqLens}] heads ${s.Hq}/${s.Hkv}, head ${s.D}, block ${s.blockSize}` +
       (s.pad ? `, q/out row stride ${HD + s.pad}` : ""),
-    run(b, d) {
+    async run(b, d) {
       const qp = place(b, q, T, HD, d.act, s.pad, s.pad ? 8 : 0);
       const op = place(b, new Float64Array(T * HD), T, HD, d.act, s.pad, s.pad ? s.pad : 0);
       const view = (p: Placed) => headsView(p.base, p.view.offset - p.base.offset, s.Hq, s.D);
@@ -391,7 +394,7 @@ function attentionCase(input: FloatDType, s: AttentionShape, seed: number): OpCa
         maxSeqLen: Math.max(...seqLens),
       };
       b.pagedAttention(view(op), view(qp), put(b, kc, cacheShape, d.act, "k cache"), put(b, vc, cacheShape, d.act, "v cache"), meta, scale);
-      return { out: readPlaced(b, op, "pagedAttention") };
+      return { out: await readPlaced(b, op, "pagedAttention") };
     },
     reference() {
       const out = new Float64Array(T * HD);
@@ -434,11 +437,11 @@ function siluCase(input: FloatDType, T: number, I: number, pad: number, seed: nu
   const x = roundTo(randn(rng, T * 2 * I, 2), input);
   return {
     name: `siluAndMul ${input} [${T}, 2·${I}]${pad ? `, row strides ${2 * I + pad} / ${I + pad}` : ""}`,
-    run(b, d) {
+    async run(b, d) {
       const xp = place(b, x, T, 2 * I, d.act, pad, pad ? 4 : 0);
       const op = place(b, new Float64Array(T * I), T, I, d.act, pad, pad ? 1 : 0);
       b.siluAndMul(op.view, xp.view);
-      return { out: readPlaced(b, op, "siluAndMul") };
+      return { out: await readPlaced(b, op, "siluAndMul") };
     },
     reference() {
       const out = new Float64Array(T * I);
@@ -459,11 +462,11 @@ function gatherCase(input: FloatDType, srcRows: number, R: number, F: number, pa
   const idx = Array.from({ length: R }, () => randInt(rng, 0, srcRows));
   return {
     name: `gatherRows ${input} ${R} of [${srcRows}, ${F}]${pad ? `, row stride ${F + pad}` : ""}`,
-    run(b, d) {
+    async run(b, d) {
       const xp = place(b, x, srcRows, F, d.act, pad, pad ? 2 : 0);
       const op = place(b, new Float64Array(R * F), R, F, d.act, pad, pad ? 6 : 0);
       b.gatherRows(op.view, xp.view, put(b, idx, [R], "i32"));
-      return { out: readPlaced(b, op, "gatherRows") };
+      return { out: await readPlaced(b, op, "gatherRows") };
     },
     reference() {
       const out = new Float64Array(R * F);
@@ -567,8 +570,8 @@ describe("CPU backend conformance against an f64 reference", () => {
   for (const input of FLOAT_DTYPES) {
     describe(`${input} inputs`, () => {
       for (const c of conformanceCases(input)) {
-        it(c.name, () => {
-          const got = c.run(cpu, { act: "f32", param: "f32" });
+        it(c.name, async () => {
+          const got = await c.run(cpu, { act: "f32", param: "f32" });
           const want = c.reference();
           assert.deepEqual(Object.keys(got).sort(), Object.keys(want).sort());
           for (const key of Object.keys(want)) assertClose(`${c.name}: ${key}`, got[key]!, want[key]!, CPU_TOL);
@@ -647,9 +650,9 @@ describe("CUDA backend conformance against the CPU backend", { skip: probe.kind 
       after(() => cuda?.dispose());
 
       for (const c of conformanceCases(act)) {
-        it(c.name, () => {
-          const want = c.run(cpu, { act: "f32", param: "f32" });
-          const got = c.run(cuda, { act, param: act });
+        it(c.name, async () => {
+          const want = await c.run(cpu, { act: "f32", param: "f32" });
+          const got = await c.run(cuda, { act, param: act });
           cuda.synchronize();
           for (const key of Object.keys(want))
             assertClose(`${c.name}: ${key} (cuda ${act} vs cpu)`, got[key]!, want[key]!, DEVICE_TOL[act]);
@@ -689,6 +692,69 @@ describe("CUDA backend conformance against the CPU backend", { skip: probe.kind 
         const out = cuda.alloc([2, 4], act, "activations", "out");
         const w = cuda.alloc([4, 8], other, "weights", "w");
         assert.throws(() => cuda.linear(out, x, w), new RegExp(`weight .* is ${other} but the activations are ${act}`));
+      });
+    });
+  }
+});
+
+const gpuProbe = await probeWebGpu(true);
+
+describe("WebGPU backend conformance against the CPU backend", { skip: webGpuSkip(gpuProbe) }, () => {
+  const cpu = new CpuBackend({ threads: 2 });
+  after(() => cpu.dispose());
+  const runs: [act: "f32" | "f16", inputs: FloatDType[]][] = [
+    ["f32", ["f32", "bf16", "f16"]],
+    ["f16", ["f16"]],
+  ];
+  for (const [act, inputs] of runs) {
+    describe(`${act} activations`, () => {
+      let gpu: WebGpuBackend;
+      before(async () => {
+        gpu = await createWebGpuBackend({ activationDType: act }, gpuProbe);
+      });
+      after(() => gpu?.dispose());
+      for (const input of inputs) {
+        for (const c of conformanceCases(input)) {
+          it(`${c.name}${input !== act ? ` (into ${act})` : ""}`, async () => {
+            const want = await c.run(cpu, { act: "f32", param: "f32" });
+            const got = await c.run(gpu, { act, param: act });
+            for (const key of Object.keys(want))
+              assertClose(`${c.name}: ${key} (webgpu ${act} vs cpu)`, got[key]!, want[key]!, DEVICE_TOL[act]);
+          });
+        }
+      }
+
+      it("round-trips every dtype through write/readAsync, zero-fills allocations, reads strided views, writes at odd 16-bit offsets", async () => {
+        for (const dtype of ["f32", "f16", "bf16", "i32"] as const) {
+          const values = dtype === "i32" ? [0, -7, 123456, 2 ** 30] : [...roundTo([0.5, -1.25, 3e-3, 1024], dtype)];
+          const t = put(gpu, values, [2, 2], dtype);
+          assert.deepEqual([...(await gpu.readAsync(t))], values);
+          assert.deepEqual([...(await gpu.readAsync(t.cols(1, 1)))], [values[1], values[3]]);
+          assert.deepEqual([...(await gpu.readAsync(gpu.alloc([3], dtype, "other", "zeros")))], [0, 0, 0]);
+        }
+        const h = gpu.alloc([9], "f16", "other", "halves");
+        gpu.write(h, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        gpu.write(h.rows(1, 1), [-2]);
+        gpu.write(h.rows(3, 3), [-4, -5, -6]);
+        gpu.write(h.rows(8, 1), [-9]);
+        assert.deepEqual([...(await gpu.readAsync(h))], [1, -2, 3, -4, -5, -6, 7, 8, -9]);
+        assert.throws(() => gpu.read(h), /readAsync/);
+      });
+
+      it("accounts memory by tag and names the adapter", () => {
+        const before = gpu.memoryStats();
+        const t = gpu.alloc([1000], act, "kv-cache", "conformance kv");
+        const after = gpu.memoryStats();
+        assert.equal(after.byTag["kv-cache"] - before.byTag["kv-cache"], 1000 * (act === "f32" ? 4 : 2));
+        const report = gpu.memoryReport();
+        assert.ok(report.allocations.some((a) => a.label === "conformance kv" && a.tag === "kv-cache"));
+        assert.match(report.device.name, /^webgpu: /);
+        assert.equal(
+          Object.values(after.byTag).reduce((a, b) => a + b, 0),
+          after.total,
+        );
+        gpu.free(t.storage);
+        assert.throws(() => gpu.free(t.storage), /freed twice or never allocated/);
       });
     });
   }

@@ -60,6 +60,10 @@ export interface BackendCapabilities {
   readonly threads: number;
   /** KV cache element types beyond the activation dtype (fp8_e4m3 on the CPU). */
   readonly kvCacheDTypes: readonly DType[];
+  /** read() and sample() answer on the calling thread; otherwise only readAsync() and sampleAsync() work (WebGPU). */
+  readonly syncReadback: boolean;
+  /** The stored type of a weight matrix kept as `file` in the checkpoint, where the backend chooses (formats it has no kernels for). */
+  readonly weightDType?: (file: DType) => DType;
 }
 
 export interface Backend {
@@ -74,8 +78,10 @@ export interface Backend {
   writeBytes(dst: Tensor, bytes: Uint8Array): void;
   /** Copy numbers into a contiguous tensor, converting to its dtype. */
   write(dst: Tensor, values: ArrayLike<number>): void;
-  /** Read a tensor back as f32 (floats) or i32 values. */
+  /** Read a tensor back as f32 (floats) or i32 values (where capabilities.syncReadback). */
   read(src: Tensor): Float32Array;
+  /** The same, after all queued work, on every backend. */
+  readAsync(src: Tensor): Promise<Float32Array>;
   memoryStats(): MemoryStats;
   /** Every live allocation with its tag and label, plus the device's own free/total. */
   memoryReport(): MemoryReport;
@@ -118,6 +124,8 @@ export interface Backend {
    * the host. The logits are consumed (the op may write into them).
    */
   sample(logits: Tensor, rows: readonly SampleRow[]): SampleOutput;
+  /** The same, answering when the tokens are back (every backend; the only form on WebGPU). */
+  sampleAsync(logits: Tensor, rows: readonly SampleRow[]): Promise<SampleOutput>;
 
   /** Wait for queued work (no-op where ops are synchronous). */
   synchronize(): void;

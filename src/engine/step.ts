@@ -50,11 +50,4 @@ export interface StepExecutor {
   execute(step: StepInput): Promise<StepOutput>;
 }
 
-/** A synchronous executor's step as the promise execute() returns: its result, or its error as a rejection. */
-export function settled<T>(run: () => T): Promise<T> {
-  try {
-    return Promise.resolve(run());
-  } catch (err) {
-    return Promise.reject(err as Error);
-  }
-}
+export { settled } from "../backend/settled.js";

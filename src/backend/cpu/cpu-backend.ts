@@ -24,6 +24,7 @@ import { blockCodec } from "../../quant/ggml-quants.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
 import type { AttentionArgs, LinearArgs, Mat, WeightKind } from "./kernels.js";
 import { ThreadPool } from "./pool.js";
+import { settled } from "../settled.js";
 import type { SampleOutput, SampleRow } from "../sampling.js";
 import { type RowKernels, sampleRows } from "./sample.js";
 import { type LinearModule, wasmModule } from "./wasm-linear.js";
@@ -94,7 +95,7 @@ export class CpuBackend implements Backend {
   }
 
   get capabilities(): BackendCapabilities {
-    return { hostMemory: true, anyWeightDType: true, threads: this.pool.threads, kvCacheDTypes: ["fp8_e4m3"] };
+    return { hostMemory: true, anyWeightDType: true, threads: this.pool.threads, kvCacheDTypes: ["fp8_e4m3"], syncReadback: true };
   }
 
   // ---------------------------------------------------------------- memory
@@ -233,6 +234,14 @@ export class CpuBackend implements Backend {
     if (dst.dtype === "f32") st(dst).f32.set(values, dst.offset);
     else if (dst.dtype === "i32") st(dst).i32.set(values, dst.offset);
     else this.writeBytes(dst, encodeFloats(values, denseDType(dst.dtype, "write")));
+  }
+
+  readAsync(src: Tensor): Promise<Float32Array> {
+    return settled(() => this.read(src));
+  }
+
+  sampleAsync(logits: Tensor, rows: readonly SampleRow[]): Promise<SampleOutput> {
+    return settled(() => this.sample(logits, rows));
   }
 
   read(src: Tensor): Float32Array {

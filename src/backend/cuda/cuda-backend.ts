@@ -25,6 +25,7 @@ import { type MemoryReport, type MemoryStats } from "../allocator.js";
 import type { AttentionMetadata, Backend, BackendCapabilities, RopeTable } from "../backend.js";
 import { decodeFloats, denseDType, type DType, dtypeBytes, encodeFloats, isFloatType } from "../dtype.js";
 import { type MemoryTag, type Storage, Tensor } from "../tensor.js";
+import { settled } from "../settled.js";
 import type { SampleOutput, SampleRow } from "../sampling.js";
 import { sampleRows } from "../cpu/sample.js";
 import { KernelCache, nvrtcCompiler } from "./compile-cache.js";
@@ -100,7 +101,13 @@ interface CudaParts {
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
-  readonly capabilities: BackendCapabilities = { hostMemory: false, anyWeightDType: false, threads: 1, kvCacheDTypes: [] };
+  readonly capabilities: BackendCapabilities = {
+    hostMemory: false,
+    anyWeightDType: false,
+    threads: 1,
+    kvCacheDTypes: [],
+    syncReadback: true,
+  };
   readonly activationDType: DType;
   /** The GPU in use, as device selection described it. */
   readonly device: CudaDeviceSummary;
@@ -237,6 +244,14 @@ export class CudaBackend implements Backend {
   }
 
   /** Copies the span the view covers (strided views included) and picks its elements on the host. */
+  readAsync(src: Tensor): Promise<Float32Array> {
+    return settled(() => this.read(src));
+  }
+
+  sampleAsync(logits: Tensor, rows: readonly SampleRow[]): Promise<SampleOutput> {
+    return settled(() => this.sample(logits, rows));
+  }
+
   read(src: Tensor): Float32Array {
     this.checkLive();
     const n = src.numel;
