@@ -47,7 +47,16 @@ describe("greedy tokens on CUDA equal the CPU's", { skip: cuda.kind !== "cuda" &
     for (const arch of ARCHS) {
       it(`${arch}, ${dtype} compute, ${STEPS} steps`, () => {
         const dir = join(root, `${arch}-${dtype}`);
-        writeTinyModel(dir, { arch, dtype: "f32", vocabSize: 2048, hiddenSize: 128, numLayers: 2, numHeads: 4, numKvHeads: 2 });
+        writeTinyModel(dir, {
+          arch,
+          dtype: "f32",
+          vocabSize: 2048,
+          hiddenSize: 128,
+          numLayers: 2,
+          numHeads: 4,
+          numKvHeads: 2,
+          headDim: 32,
+        });
         const cpu = new CpuBackend({ threads: 2 });
         const gpu = CudaBackend.create({ activationDType: dtype });
         const margin = dtype === "f32" ? 1e-4 : 3e-2;

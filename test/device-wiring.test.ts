@@ -11,8 +11,15 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type { MemoryReport } from "../src/backend/allocator.js";
 import type { Backend } from "../src/backend/backend.js";
-import { createBackend, cudaActivationDType, describeSelection, parseDeviceRequest } from "../src/backend/create-backend.js";
+import {
+  createBackend,
+  createBackendAsync,
+  cudaActivationDType,
+  describeSelection,
+  parseDeviceRequest,
+} from "../src/backend/create-backend.js";
 import { DeviceUnavailableError, probeCuda } from "../src/backend/cuda/device.js";
+import { probeWebGpu } from "../src/backend/webgpu/node-gpu.js";
 import { DEFAULT_KV_CACHE_MEMORY, kvCacheBudget, LLM } from "../src/engine/llm.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
 
@@ -22,9 +29,33 @@ const cli = join(import.meta.dirname, "..", "src", "cli", "main.js");
 const cuda = probeCuda();
 
 describe("--device", () => {
-  it("accepts auto, cpu and cuda and names the choices otherwise", () => {
+  it("accepts auto, cpu, cuda and webgpu and names the choices otherwise", () => {
     assert.equal(parseDeviceRequest("cuda"), "cuda");
-    assert.throws(() => parseDeviceRequest("gpu"), /--device must be one of auto, cpu, cuda, got "gpu"/);
+    assert.equal(parseDeviceRequest("webgpu"), "webgpu");
+    assert.throws(() => parseDeviceRequest("gpu"), /--device must be one of auto, cpu, cuda, webgpu, got "gpu"/);
+  });
+
+  it("webgpu opens asynchronously and names the adapter; auto never picks a software adapter", async (t) => {
+    assert.throws(() => createBackend({ device: "webgpu" }), /--device webgpu is opened asynchronously: use createBackendAsync/);
+    const probe = await probeWebGpu(true);
+    if (probe.kind !== "webgpu") return t.skip(`no WebGPU adapter: ${probe.reason}`);
+    const gpu = await createBackendAsync({ device: "webgpu" });
+    try {
+      assert.equal(gpu.backend.name, "webgpu");
+      assert.match(describeSelection("webgpu", gpu.selection), /^device webgpu picked webgpu: .+ \(--device webgpu was requested\)$/);
+    } finally {
+      gpu.backend.dispose();
+    }
+    if (cuda.kind === "cuda") return;
+    const auto = await createBackendAsync({ device: "auto", threads: 1 });
+    try {
+      if (probe.adapter.isSoftware) {
+        assert.equal(auto.backend.name, "cpu");
+        assert.match(auto.selection.reason, /the only WebGPU adapter is a software one \(.+\); ask for it with --device webgpu/);
+      } else assert.equal(auto.backend.name, "webgpu");
+    } finally {
+      auto.backend.dispose();
+    }
   });
 
   it("cpu gives the CPU backend; auto gives CUDA only when the probe says it works, and says why", () => {

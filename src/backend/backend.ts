@@ -63,7 +63,7 @@ export interface BackendCapabilities {
   /** read() and sample() answer on the calling thread; otherwise only readAsync() and sampleAsync() work (WebGPU). */
   readonly syncReadback: boolean;
   /** The stored type of a weight matrix kept as `file` in the checkpoint, where the backend chooses (formats it has no kernels for). */
-  readonly weightDType?: (file: DType) => DType;
+  readonly weightDType?: (file: DType, use: "matrix" | "table") => DType;
 }
 
 export interface Backend {

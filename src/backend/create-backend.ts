@@ -1,15 +1,18 @@
 /**
- * `--device auto|cpu|cuda` made real: probe, pick, and build the backend, saying which one
- * and why. "auto" takes CUDA only when the driver, a GPU, NVRTC and cuBLASLt all work; an
- * explicit "cuda" that cannot be used fails with the first missing piece and how to fix it.
+ * `--device auto|cpu|cuda|webgpu` made real: probe, pick, and build the backend, saying which one
+ * and why. "auto" takes CUDA only when the driver, a GPU, NVRTC and cuBLASLt all work, then a
+ * hardware WebGPU adapter (never a software one: lavapipe is slower than the CPU backend), then the
+ * CPU; an explicit "cuda" or "webgpu" that cannot be used fails with the first missing piece and how
+ * to fix it. WebGPU opens asynchronously, so only createBackendAsync can pick it.
  */
 import type { Backend } from "./backend.js";
 import { CpuBackend } from "./cpu/cpu-backend.js";
 import { CudaBackend } from "./cuda/cuda-backend.js";
 import { type DeviceRequest, type DeviceSelection, selectDevice } from "./cuda/device.js";
 import type { DType } from "./dtype.js";
+import { createWebGpuBackend, probeWebGpu } from "./webgpu/node-gpu.js";
 
-export const DEVICE_REQUESTS: readonly DeviceRequest[] = ["auto", "cpu", "cuda"];
+export const DEVICE_REQUESTS: readonly DeviceRequest[] = ["auto", "cpu", "cuda", "webgpu"];
 
 export interface CreateBackendOptions {
   device?: DeviceRequest;
@@ -47,8 +50,34 @@ export function createBackend(o: CreateBackendOptions = {}): CreatedBackend {
   return { backend: new CpuBackend({ threads: o.threads }), selection };
 }
 
+/** On WebGPU: f16 activations and KV cache for --dtype float16 (shader-f16), f32 otherwise (WebGPU has no bf16 arithmetic; bf16 weights are read as they are). */
+export function webGpuActivationDType(o: CreateBackendOptions): "f16" | "f32" {
+  return o.dtype === "f16" ? "f16" : "f32";
+}
+
+/** createBackend, with WebGPU among the choices. */
+export async function createBackendAsync(o: CreateBackendOptions = {}): Promise<CreatedBackend> {
+  const device = o.device ?? "auto";
+  if (device === "cpu" || device === "cuda") return createBackend(o);
+  if (device === "auto") {
+    const cuda = selectDevice("auto");
+    if (cuda.kind === "cuda") return createBackend(o);
+    const probe = await probeWebGpu(false);
+    if (probe.kind !== "webgpu")
+      return { backend: new CpuBackend({ threads: o.threads }), selection: { kind: "cpu", reason: `${cuda.reason}; ${probe.reason}` } };
+    const backend = await createWebGpuBackend({ activationDType: webGpuActivationDType(o) }, probe);
+    return {
+      backend,
+      selection: { kind: "webgpu", reason: `no CUDA (${cuda.reason}); a hardware WebGPU adapter was found`, adapter: backend.adapterName },
+    };
+  }
+  const backend = await createWebGpuBackend({ activationDType: webGpuActivationDType(o) });
+  return { backend, selection: { kind: "webgpu", reason: "--device webgpu was requested", adapter: backend.adapterName } };
+}
+
 /** One line for the start-up banner: what runs where, and why. */
 export function describeSelection(requested: DeviceRequest, s: DeviceSelection): string {
+  if (s.kind === "webgpu") return `device ${requested} picked webgpu: ${s.adapter ?? "unknown adapter"} (${s.reason})`;
   const gpu = s.devices?.[0];
   if (s.kind === "cuda") return `device ${requested} picked cuda: ${gpu ? `${gpu.name} (sm ${gpu.computeCapability})` : s.reason}`;
   return `device ${requested} picked cpu: ${s.reason}`;

@@ -5,7 +5,7 @@ import { convertHfToGguf } from "../convert/hf-to-gguf.js";
 import { GGUF_FILE_TYPE_NAMES } from "../convert/gguf-file-types.js";
 import { formatBytes } from "../model/memory-plan.js";
 import { parseQuantization } from "../model/quant-method.js";
-import { createBackend, describeSelection, parseDeviceRequest } from "../backend/create-backend.js";
+import { createBackendAsync, describeSelection, parseDeviceRequest } from "../backend/create-backend.js";
 import { loadModelConfig } from "../model/load.js";
 import { parseDType } from "../backend/dtype.js";
 import { Generator } from "../engine/generator.js";
@@ -50,7 +50,7 @@ interface GenerateFlags {
   device: string;
 }
 
-function generateCommand(modelDir: string, flags: GenerateFlags): void {
+async function generateCommand(modelDir: string, flags: GenerateFlags): Promise<void> {
   const tokenizer = Tokenizer.fromDir(modelDir);
   const text = flags.chat
     ? tokenizer.applyChatTemplate([{ role: "user", content: flags.prompt }], { addGenerationPrompt: true })
@@ -58,7 +58,12 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
   const prompt = tokenizer.encode(text, { addSpecialTokens: !flags.chat });
   const device = parseDeviceRequest(flags.device);
   const dtype = flags.dtype ? parseDType(flags.dtype, "--dtype") : undefined;
-  const { backend, selection } = createBackend({ device, threads: flags.threads, dtype, modelDType: loadModelConfig(modelDir).torchDtype });
+  const { backend, selection } = await createBackendAsync({
+    device,
+    threads: flags.threads,
+    dtype,
+    modelDType: loadModelConfig(modelDir).torchDtype,
+  });
   process.stderr.write(`${describeSelection(device, selection)}\n`);
   try {
     const bar = progressBar("loading weights");
@@ -70,7 +75,7 @@ function generateCommand(modelDir: string, flags: GenerateFlags): void {
       onProgress: bar,
     });
     bar.end();
-    const result = gen.generate(prompt, {
+    const result = await gen.generateAsync(prompt, {
       maxTokens: flags.maxTokens,
       sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed },
       stopTokenIds: flags.ignoreEos ? [] : tokenizer.eosTokenIds,
@@ -256,7 +261,7 @@ export function buildProgram(): Command {
     .option("-q, --quantization <method>", "quantize the weights at load: int8 or fp8 (per-channel scales)")
     .option("--chat", "wrap the prompt in the model's chat template", false)
     .option("--ignore-eos", "keep generating past end-of-sequence tokens", false)
-    .option("--device <device>", "auto (CUDA when usable), cpu or cuda", "auto")
+    .option("--device <device>", "auto (CUDA, else a hardware WebGPU adapter, else CPU), cpu, cuda or webgpu", "auto")
     .action((dir: string, flags: GenerateFlags) => generateCommand(dir, flags));
   program
     .command("serve")
@@ -311,7 +316,7 @@ export function buildProgram(): Command {
     )
     .option("--headers-timeout <s>", "seconds a request's headers may take to arrive", intArg("--headers-timeout", 1), 20)
     .option("--max-connections <n>", "open HTTP connections at most; more are refused", intArg("--max-connections", 1), 4096)
-    .option("--device <device>", "auto (CUDA when usable, else CPU; says which and why), cpu or cuda", "auto")
+    .option("--device <device>", "auto (CUDA, else a hardware WebGPU adapter, else CPU; says which and why), cpu, cuda or webgpu", "auto")
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
   program

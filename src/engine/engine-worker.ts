@@ -30,9 +30,9 @@ interface Session {
   close(): void;
 }
 
-function openModel(init: WorkerInit): Session {
+async function openModel(init: WorkerInit): Promise<Session> {
   let last = 0;
-  const llm = LLM.open(init.modelDir, {
+  const llm = await LLM.create(init.modelDir, {
     ...init.options,
     onProgress: (done, total) => {
       const now = Date.now();
@@ -116,7 +116,7 @@ function openStub(init: WorkerInit): Session {
 async function main(init: WorkerInit): Promise<void> {
   let session: Session;
   try {
-    session = init.stubModel ? openStub(init) : openModel(init);
+    session = init.stubModel ? openStub(init) : await openModel(init);
   } catch (err) {
     post({ type: "failed", message: (err as Error).message });
     return;

@@ -66,7 +66,28 @@ export class Generator {
     return this.loaded.maxModelLen;
   }
 
+  /** Generate on a backend that reads back synchronously (CPU, CUDA). */
   generate(prompt: readonly number[], opts: GenerateOptions): GenerateResult {
+    if (!this.backend.capabilities.syncReadback)
+      throw new Error(`the ${this.backend.name} backend reads back asynchronously; use generateAsync`);
+    const loop = this.loop(prompt, opts);
+    for (let r = loop.next(); ;) {
+      if (r.done) return r.value;
+      r = loop.next(this.runner.logitsSync(r.value));
+    }
+  }
+
+  /** Generate on any backend. */
+  async generateAsync(prompt: readonly number[], opts: GenerateOptions): Promise<GenerateResult> {
+    const loop = this.loop(prompt, opts);
+    for (let r = loop.next(); ;) {
+      if (r.done) return r.value;
+      r = loop.next(await this.runner.logits(r.value));
+    }
+  }
+
+  /** The generation loop: yields each step's input, is handed back that step's logits. */
+  private *loop(prompt: readonly number[], opts: GenerateOptions): Iterator<StepInput, GenerateResult, Float32Array> {
     const total = prompt.length + opts.maxTokens;
     if (prompt.length === 0) throw new RangeError("the prompt is empty; expected at least one token");
     if (total > this.maxModelLen) {
@@ -85,14 +106,14 @@ export class Generator {
     const logits: Float32Array[] = [];
     let finishReason: "stop" | "length" = "length";
     let first = true;
-    const step = (piece: readonly number[], numCached: number, sample: boolean): Float32Array => {
+    const step = (piece: readonly number[], numCached: number, sample: boolean): StepInput => {
       const input: StepInput = {
         added: first ? [{ id: ID, sampling: rowParams, promptTokenIds: prompt, outputTokenIds: [] }] : [],
         removed: [],
         seqs: [{ id: ID, tokens: piece, numCached, blocks: this.blocks, sample }],
       };
       first = false;
-      return this.runner.logits(input);
+      return input;
     };
 
     const t0 = performance.now();
@@ -100,7 +121,7 @@ export class Generator {
     try {
       for (let start = 0; start < prompt.length; start += chunk) {
         const piece = prompt.slice(start, start + chunk);
-        rowLogits = step(piece, start, start + piece.length === prompt.length);
+        rowLogits = yield step(piece, start, start + piece.length === prompt.length);
       }
       const t1 = performance.now();
       for (let i = 0; i < opts.maxTokens; i++) {
@@ -113,7 +134,7 @@ export class Generator {
           break;
         }
         if (i + 1 === opts.maxTokens) break;
-        rowLogits = step([next], prompt.length + i, true);
+        rowLogits = yield step([next], prompt.length + i, true);
       }
       const t2 = performance.now();
       return { tokens, logits: opts.returnLogits ? logits : undefined, finishReason, promptMs: t1 - t0, decodeMs: t2 - t1 };

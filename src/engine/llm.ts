@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
-import { createBackend } from "../backend/create-backend.js";
+import { createBackend, createBackendAsync, type CreatedBackend } from "../backend/create-backend.js";
 import type { DeviceRequest, DeviceSelection } from "../backend/cuda/device.js";
 import type { DType } from "../backend/dtype.js";
 import { loadGenerationDefaults } from "./generation-config.js";
@@ -166,26 +166,35 @@ export class LLM {
   /** Which device --device picked and why (set when LLM made its own backend). */
   deviceSelection: DeviceSelection | null = null;
 
-  /** Load a model folder. Without a backend, one is made for opts.device (and disposed by close()). */
+  /** Load a model folder. Without a backend, one is made for opts.device (and disposed by close()); WebGPU needs LLM.create. */
   static open(modelDir: string, opts: EngineOptions = {}, backend?: Backend): LLM {
-    if (!backend) {
-      const { backend: own, selection } = createBackend({
-        device: opts.device,
-        threads: opts.threads,
-        dtype: opts.dtype,
-        modelDType: loadModelConfig(modelDir).torchDtype,
-      });
-      try {
-        // A device backend multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
-        const llm = LLM.open(modelDir, own.capabilities.anyWeightDType ? opts : { ...opts, dtype: own.activationDType }, own);
-        llm.ownsBackend = true;
-        llm.deviceSelection = selection;
-        return llm;
-      } catch (err) {
-        own.dispose();
-        throw err;
-      }
+    if (!backend) return LLM.onOwnBackend(modelDir, opts, createBackend(LLM.backendOptions(modelDir, opts)));
+    return LLM.load(modelDir, opts, backend);
+  }
+
+  /** LLM.open for every device, WebGPU included (opened asynchronously); `auto` may pick a hardware WebGPU adapter. */
+  static async create(modelDir: string, opts: EngineOptions = {}): Promise<LLM> {
+    return LLM.onOwnBackend(modelDir, opts, await createBackendAsync(LLM.backendOptions(modelDir, opts)));
+  }
+
+  private static backendOptions(modelDir: string, opts: EngineOptions) {
+    return { device: opts.device, threads: opts.threads, dtype: opts.dtype, modelDType: loadModelConfig(modelDir).torchDtype };
+  }
+
+  private static onOwnBackend(modelDir: string, opts: EngineOptions, { backend: own, selection }: CreatedBackend): LLM {
+    try {
+      // A device backend multiplies weights in its activation dtype; the CPU reads any stored dtype directly.
+      const llm = LLM.load(modelDir, own.capabilities.anyWeightDType ? opts : { ...opts, dtype: own.activationDType }, own);
+      llm.ownsBackend = true;
+      llm.deviceSelection = selection;
+      return llm;
+    } catch (err) {
+      own.dispose();
+      throw err;
     }
+  }
+
+  private static load(modelDir: string, opts: EngineOptions, backend: Backend): LLM {
     const maxNumBatchedTokens = opts.maxNumBatchedTokens ?? ENGINE_DEFAULTS.maxNumBatchedTokens;
     // Read before the weights: a bad generation_config.json fails in a moment, not after a long load.
     const gen = loadGenerationDefaults(modelDir, { ignoreSampling: opts.ignoreGenerationConfig });

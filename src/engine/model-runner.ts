@@ -3,7 +3,7 @@ import type { Backend } from "../backend/backend.js";
 import type { Tensor } from "../backend/tensor.js";
 import { allocateKVCache, freeKVCache, type ForwardBatch, type KVCache, type LlamaModel } from "../model/llama.js";
 import { SamplingTable } from "./sampling-table.js";
-import { settled, type ScheduledSequence, type StepExecutor, type StepInput, type StepOutput } from "./step.js";
+import { type ScheduledSequence, type StepExecutor, type StepInput, type StepOutput } from "./step.js";
 
 export type { ScheduledSequence } from "./step.js";
 
@@ -80,20 +80,15 @@ export class ModelRunner implements StepExecutor {
     b.free(this.blockTable.storage);
   }
 
-  /** Run one step: forward pass, then sampling on the backend. */
-  execute(step: StepInput): Promise<StepOutput> {
-    return settled(() => this.run(step));
-  }
-
-  /** The synchronous body of execute(). */
-  run(step: StepInput): StepOutput {
+  /** Run one step: forward pass, then sampling on the backend; the promise settles when the token ids are on the host. */
+  async execute(step: StepInput): Promise<StepOutput> {
     const { logits, order } = this.forward(step);
     const seqs = step.seqs;
     // Rows of `logits` follow slot order; the outputs follow the step's sequence order.
     const sampledSeqs: ScheduledSequence[] = [];
     for (const k of order) if (seqs[k]!.sample) sampledSeqs.push(seqs[k]!);
     const rows = this.sampling.rowsFor(sampledSeqs);
-    const out = this.model.backend.sample(logits, rows);
+    const out = await this.model.backend.sampleAsync(logits, rows);
     this.sampling.accept(rows, out.tokens);
     return this.inStepOrder(seqs, order, out);
   }
@@ -102,10 +97,19 @@ export class ModelRunner implements StepExecutor {
    * The step's logits on the host, in the step's order of sampled sequences, without sampling: for
    * comparing against an oracle (the single-sequence Generator). Full logits cross to the host here only.
    */
-  logits(step: StepInput): Float32Array {
+  async logits(step: StepInput): Promise<Float32Array> {
     const { logits, order } = this.forward(step);
+    return this.logitsInStepOrder(step, order, await this.model.backend.readAsync(logits));
+  }
+
+  /** The same on a backend that reads back synchronously. */
+  logitsSync(step: StepInput): Float32Array {
+    const { logits, order } = this.forward(step);
+    return this.logitsInStepOrder(step, order, this.model.backend.read(logits));
+  }
+
+  private logitsInStepOrder(step: StepInput, order: readonly number[], host: Float32Array): Float32Array {
     const V = this.vocabSize;
-    const host = this.model.backend.read(logits);
     const out = new Float32Array(host.length);
     let row = 0;
     const rank = new Map<number, number>();
@@ -208,6 +212,7 @@ export class ModelRunner implements StepExecutor {
     const W = this.maxBlocksPerSeq;
     const S = seqs.length;
     const T = this.model.limits.maxNumTokens;
+    const V = this.vocabSize;
     let t = 0;
     for (const s of seqs) t += s.tokens.length;
     if (t > T) throw new RangeError(`step exceeds ${T} tokens`);
@@ -241,7 +246,10 @@ export class ModelRunner implements StepExecutor {
       if (ctx > maxSeqLen) maxSeqLen = ctx;
       for (let j = 0; j < seq.tokens.length; j++, tok++) {
         const pos = seq.numCached + j;
-        h[tok] = seq.tokens[j]!;
+        const id = seq.tokens[j]!;
+        // Checked here, not only in a kernel: a device backend's embedding cannot report a bad id.
+        if (!(id >= 0 && id < V)) throw new RangeError(`embedding: token id ${id} outside the vocabulary [0, ${V})`);
+        h[tok] = id;
         h[oPos + tok] = pos;
         h[oSlot + tok] = seq.blocks[(pos / blockSize) | 0]! * blockSize + (pos % blockSize);
       }

@@ -52,7 +52,7 @@ export interface LoadedModel {
  */
 export function loadModel(modelPath: string, backend: Backend, opts: LoadModelOptions = {}): LoadedModel {
   const { config, source, where } = openModel(modelPath);
-  const weightOpts = { dtype: opts.dtype, quantization: opts.quantization };
+  const weightOpts = { dtype: opts.dtype, quantization: opts.quantization, backendDType: backend.capabilities.weightDType };
   let maxModelLen: number;
   let limits: ModelLimits;
   try {

@@ -27,11 +27,17 @@ export function parseQuantization(name: string, where: string): QuantizationName
   throw new RangeError(`${where}: unsupported quantization "${name}"; expected one of ${QUANTIZATIONS.join(", ")}`);
 }
 
-export function quantMethod(opts: { dtype?: DType; quantization?: QuantizationName }): QuantMethod {
-  const table = (file: DType) => (opts.dtype && isFloatType(opts.dtype) ? opts.dtype : file);
+/** The backend's choice of stored type for what it has no kernels for (BackendCapabilities.weightDType). */
+export type BackendWeightDType = (file: DType, use: "matrix" | "table") => DType;
+
+export function quantMethod(opts: { dtype?: DType; quantization?: QuantizationName; backendDType?: BackendWeightDType }): QuantMethod {
+  const own = opts.backendDType ?? ((file: DType) => file);
+  const table = (file: DType) => (opts.dtype && isFloatType(opts.dtype) ? opts.dtype : own(file, "table"));
   if (!opts.quantization) {
-    return { name: "none", storedDType: (file) => opts.dtype ?? file, tableDType: table, scaled };
+    return { name: "none", storedDType: (file) => opts.dtype ?? own(file, "matrix"), tableDType: table, scaled };
   }
   const target: DType = opts.quantization === "int8" ? "int8" : "fp8_e4m3";
+  if (own(target, "matrix") !== target)
+    throw new RangeError(`--quantization ${opts.quantization}: this backend has no ${target} matrix kernels yet`);
   return { name: opts.quantization, storedDType: () => target, tableDType: table, scaled };
 }

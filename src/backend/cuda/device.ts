@@ -9,7 +9,7 @@ import { CudaError, formatBytes } from "./ffi/errors.js";
 import { findLibrary, LibraryNotFoundError, type SearchOptions } from "./ffi/find-library.js";
 import { compileTargetFor, Nvrtc } from "./ffi/nvrtc.js";
 
-export type DeviceRequest = "auto" | "cpu" | "cuda";
+export type DeviceRequest = "auto" | "cpu" | "cuda" | "webgpu";
 
 export interface CudaLibraries {
   cuda?: string;
@@ -33,7 +33,7 @@ export interface CudaDeviceSummary {
 }
 
 export interface DeviceSelection {
-  kind: "cpu" | "cuda";
+  kind: "cpu" | "cuda" | "webgpu";
   /** Why this kind: what was found, or the first thing that was missing and how to fix it. */
   reason: string;
   /** Paths of the libraries that were found (some may be missing when kind is "cpu"). */
@@ -42,6 +42,8 @@ export interface DeviceSelection {
   devices?: CudaDeviceSummary[];
   /** Not fatal, but worth telling the user (e.g. NVRTC newer than the driver). */
   warnings?: string[];
+  /** The WebGPU adapter picked (kind "webgpu"). */
+  adapter?: string;
 }
 
 /** `--device cuda` was asked for and CUDA cannot be used; `selection.reason` says why. */
@@ -65,8 +67,10 @@ export function selectDevice(requested: DeviceRequest, options: SelectDeviceOpti
     }
     case "auto":
       return probeCuda(options);
+    case "webgpu":
+      throw new Error("--device webgpu is opened asynchronously: use createBackendAsync (LLM.create)");
     default:
-      throw new Error(`unknown device "${String(requested)}"; expected one of auto, cpu, cuda`);
+      throw new Error(`unknown device "${String(requested)}"; expected one of auto, cpu, cuda, webgpu`);
   }
 }
 

@@ -62,7 +62,7 @@ export function describeAdapter(adapter: GPUAdapter): WebGpuAdapterDescription {
 /** The adapter as one line: "llvmpipe (LLVM 15.0.6, 256 bits) (mesa llvmpipe, software)". */
 export function adapterName(a: WebGpuAdapterDescription): string {
   const name = a.description || a.device || a.architecture || "unknown adapter";
-  const who = [a.vendor, a.architecture].filter((s) => s && !name.includes(s)).join(" ");
+  const who = [a.vendor, a.architecture].filter((s) => s && s !== "software" && !name.includes(s)).join(" ");
   return `${name}${who ? ` (${who}${a.isSoftware ? ", software" : ""})` : a.isSoftware ? " (software)" : ""}`;
 }
 

@@ -1,6 +1,6 @@
 /**
  * The model ops in WGSL, as kernel specs for KernelRunner: embedding, RMSNorm (with the fused residual),
- * dense linear (a matrix-vector kernel for small batches, a tiled matrix product otherwise), rotary
+ * dense linear (matrix-vector workgroups over groups of 8 batch rows), rotary
  * embedding fused with the paged KV-cache write, paged attention over mixed prefill and decode batches,
  * SiLU·mul and row gathers. Every kernel computes in f32 whatever the storage dtype; each one's CPU twin
  * is the CPU backend's op, and the conformance suite compares them.
@@ -106,13 +106,15 @@ export function rmsNormSpec(out: Tensor, x: Tensor, weight: Tensor, eps: number,
   };
 }
 
-/** Rows of the batch a matrix-vector kernel takes at once (each weight row is read once for all of them). */
+/** Rows of the batch a matrix-vector workgroup takes at once (each weight row is read once for all of them). */
 export const GEMV_MAX_ROWS = 8;
 
 /**
  * out[m, n0 + j] = x[m] · W[j] (+ bias[n0 + j]) for the N rows of W bound (a slice of the weight when
- * it spans more than one binding). Small batches: one workgroup per 4 weight rows, 64 invocations per
- * row, every batch row accumulated while the weight row streams. Larger: 64×64 tiles, 4×4 per invocation.
+ * it spans more than one binding). One workgroup per 4 weight rows and per group of 8 batch rows: 64
+ * invocations per weight row split K, every batch row of the group is accumulated while the weight row
+ * streams, then a tree reduction. A row's result is summed in the same order whatever the batch holds,
+ * so a request generates the same tokens alone and in a busy batch (the engine's batch invariance).
  */
 export function denseLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, bias?: Tensor): KernelSpec {
   const M = x.shape[0]!;
@@ -120,114 +122,59 @@ export function denseLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
   const N = w.shape[0]!;
   const tensors: KernelSpec["tensors"] = { out: { t: out, write: true }, x: { t: x }, w: { t: w } };
   if (bias) tensors.bias = { t: bias };
-  const params: KernelSpec["params"] = {
-    M: ["u32", M],
-    K: ["u32", K],
-    N: ["u32", N],
-    sx: ["u32", x.rowStride],
-    so: ["u32", out.rowStride],
-    sw: ["u32", w.rowStride],
-    n0: ["u32", n0],
-  };
-  const addBias = bias ? "v += ld_bias(p.n0 + n);" : "";
-  if (M <= GEMV_MAX_ROWS) {
-    const LANES = 64;
-    const ROWS = 4;
-    return {
-      name: "linear_gemv",
-      key: `m${M}${bias ? "b" : ""}`,
-      tensors,
-      params,
-      workgroupSize: LANES * ROWS,
-      workgroups: ceil(N, ROWS),
-      decls: `var<workgroup> red: array<f32, ${LANES * ROWS * M}>;`,
-      body: `
+  const MB = Math.min(M, GEMV_MAX_ROWS);
+  const LANES = 64;
+  const ROWS = 4;
+  const nGroups = ceil(N, ROWS);
+  return {
+    name: "linear_gemv",
+    key: `m${MB}${bias ? "b" : ""}`,
+    tensors,
+    params: {
+      M: ["u32", M],
+      K: ["u32", K],
+      N: ["u32", N],
+      sx: ["u32", x.rowStride],
+      so: ["u32", out.rowStride],
+      sw: ["u32", w.rowStride],
+      n0: ["u32", n0],
+      nGroups: ["u32", nGroups],
+    },
+    workgroupSize: LANES * ROWS,
+    workgroups: nGroups * ceil(M, MB),
+    decls: `var<workgroup> red: array<f32, ${LANES * ROWS * MB}>;`,
+    body: `
   let lane = lid % ${LANES}u;
   let sub = lid / ${LANES}u;
-  let n = wid * ${ROWS}u + sub;
-  var acc: array<f32, ${M}>;
+  let n = (wid % p.nGroups) * ${ROWS}u + sub;
+  let m0 = (wid / p.nGroups) * ${MB}u;
+  let mn = min(${MB}u, p.M - m0);
+  var acc: array<f32, ${MB}>;
   if (n < p.N) {
     let wb = n * p.sw;
     for (var k = lane; k < p.K; k += ${LANES}u) {
       let wv = ld_w(wb + k);
-      for (var m = 0u; m < ${M}u; m++) { acc[m] += wv * ld_x(m * p.sx + k); }
+      for (var m = 0u; m < ${MB}u; m++) {
+        if (m < mn) { acc[m] += wv * ld_x((m0 + m) * p.sx + k); }
+      }
     }
   }
-  for (var m = 0u; m < ${M}u; m++) { red[(m * ${ROWS}u + sub) * ${LANES}u + lane] = acc[m]; }
+  for (var m = 0u; m < ${MB}u; m++) { red[(m * ${ROWS}u + sub) * ${LANES}u + lane] = acc[m]; }
   workgroupBarrier();
   for (var s = ${LANES / 2}u; s > 0u; s = s >> 1u) {
     if (lane < s) {
-      for (var m = 0u; m < ${M}u; m++) {
+      for (var m = 0u; m < ${MB}u; m++) {
         let i = (m * ${ROWS}u + sub) * ${LANES}u + lane;
         red[i] = red[i] + red[i + s];
       }
     }
     workgroupBarrier();
   }
-  if (lane < ${M}u && n < p.N) {
+  if (lane < mn && n < p.N) {
     let m = lane;
     var v = red[(m * ${ROWS}u + sub) * ${LANES}u];
-    ${addBias}
-    st_out(m * p.so + p.n0 + n, v);
-  }`,
-    };
-  }
-  const TM = 64;
-  const TN = 64;
-  const TK = 16;
-  const tilesN = ceil(N, TN);
-  params.tilesN = ["u32", tilesN];
-  return {
-    name: "linear_tiled",
-    key: bias ? "b" : "",
-    tensors,
-    params,
-    workgroupSize: 256,
-    workgroups: ceil(M, TM) * tilesN,
-    decls: `var<workgroup> xs: array<f32, ${TK * TM}>;\nvar<workgroup> ws: array<f32, ${TK * TN}>;`,
-    body: `
-  let tm = (wid / p.tilesN) * ${TM}u;
-  let tn = (wid % p.tilesN) * ${TN}u;
-  let ty = lid / 16u;
-  let tx = lid % 16u;
-  var acc: array<f32, 16>;
-  for (var k0 = 0u; k0 < p.K; k0 += ${TK}u) {
-    for (var j = 0u; j < 4u; j++) {
-      let e = lid + j * 256u;
-      let r = e / ${TK}u;
-      let c = e % ${TK}u;
-      let k = k0 + c;
-      var xv = 0.0;
-      if (tm + r < p.M && k < p.K) { xv = ld_x((tm + r) * p.sx + k); }
-      xs[c * ${TM}u + r] = xv;
-      var wv = 0.0;
-      if (tn + r < p.N && k < p.K) { wv = ld_w((tn + r) * p.sw + k); }
-      ws[c * ${TN}u + r] = wv;
-    }
-    workgroupBarrier();
-    for (var c = 0u; c < ${TK}u; c++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) {
-        a[i] = xs[c * ${TM}u + ty * 4u + i];
-        b[i] = ws[c * ${TN}u + tx * 4u + i];
-      }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] += a[i] * b[j]; }
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var i = 0u; i < 4u; i++) {
-    let m = tm + ty * 4u + i;
-    if (m >= p.M) { continue; }
-    for (var j = 0u; j < 4u; j++) {
-      let n = tn + tx * 4u + j;
-      if (n >= p.N) { continue; }
-      var v = acc[i * 4u + j];
-      ${addBias}
-      st_out(m * p.so + p.n0 + n, v);
-    }
+    ${bias ? "v += ld_bias(p.n0 + n);" : ""}
+    st_out((m0 + m) * p.so + p.n0 + n, v);
   }`,
   };
 }

@@ -63,7 +63,7 @@ export class WebGpuBackend implements Backend {
       threads: 1,
       kvCacheDTypes: [],
       syncReadback: false,
-      weightDType: (file: DType) => this.weightDType(file),
+      weightDType: (file: DType, use: "matrix" | "table") => this.weightDType(file, use),
     };
     this.kernels = new KernelRunner(ctx);
     this.sampler = new WebGpuSampler(this);
@@ -79,9 +79,12 @@ export class WebGpuBackend implements Backend {
     return adapterName(this.ctx.adapter);
   }
 
-  /** The stored type of a weight matrix kept as `file`: floats and the block formats with kernels stay; other formats become f16 (f32 without shader-f16). */
-  weightDType(file: DType): DType {
-    if (isFloatType(file) || WEBGPU_QUANT_TYPES.includes(file)) return file;
+  /**
+   * The stored type of a weight kept as `file`: floats stay (bf16 is read in place), as do matrices in the
+   * block formats with kernels; other formats, and quantized embedding tables, become f16 (f32 without shader-f16).
+   */
+  weightDType(file: DType, use: "matrix" | "table"): DType {
+    if (isFloatType(file) || (use === "matrix" && WEBGPU_QUANT_TYPES.includes(file))) return file;
     return this.ctx.hasF16 ? "f16" : "f32";
   }
 
