@@ -184,7 +184,7 @@ export class KernelRunner {
     const groups = this.groupTensors(spec);
     const compiled = this.compile(spec, groups);
     const bindGroup = this.bindGroup(spec, groups, compiled);
-    if (this.paramSlots === PARAM_SLOTS) this.flush();
+    if (this.paramSlots === PARAM_SLOTS || this.profiler?.full) this.flush();
     const slot = this.paramSlots++;
     this.writeParams(spec, groups, slot);
     const maxDim = this.ctx.limits.maxComputeWorkgroupsPerDimension;
@@ -206,40 +206,58 @@ export class KernelRunner {
     this.dispatches++;
   }
 
+  /**
+   * One binding per tensor, merged where windows of one buffer overlap (writable bindings may not alias),
+   * so views far apart in a large arena bind small windows each. Past the adapter's binding count, every
+   * buffer gets one binding over all its tensors.
+   */
   private groupTensors(spec: KernelSpec): Group[] {
-    const groups: Group[] = [];
     const align = this.ctx.limits.minStorageBufferOffsetAlignment;
-    for (const [name, kt] of Object.entries(spec.tensors)) {
-      const buf = kt.t.storage.handle as GpuBuffer;
-      const raw = kt.raw === true || !isDense(kt.t.dtype);
+    const single: (Group & { order: number })[] = Object.entries(spec.tensors).map(([name, kt], order) => {
       const [s, e] = byteWindow(kt.t);
-      let g = groups.find((x) => x.buf === buf);
-      if (!g) {
-        g = { buf, names: [], write: false, dtype: kt.t.dtype, raw, start: s, end: e };
-        groups.push(g);
-      } else if (g.dtype !== kt.t.dtype || g.raw !== raw) {
-        throw new Error(`${spec.name}: tensors ${g.names[0]} (${g.dtype}) and ${name} (${kt.t.dtype}) share a storage in different dtypes`);
+      const start = s - (s % align);
+      const buf = kt.t.storage.handle as GpuBuffer;
+      const end = Math.max(start + 4, Math.min(buf.size, Math.ceil(e / 4) * 4));
+      const raw = kt.raw === true || !isDense(kt.t.dtype);
+      return { buf, names: [name], write: kt.write === true, dtype: kt.t.dtype, raw, start, end, order };
+    });
+    const merge = (into: Group, g: Group) => {
+      if (into.dtype !== g.dtype || into.raw !== g.raw) {
+        throw new Error(`${spec.name}: tensors ${into.names[0]} (${into.dtype}) and ${g.names[0]} (${g.dtype}) share a storage in different dtypes`);
       }
-      g.names.push(name);
-      g.write ||= kt.write === true;
-      g.start = Math.min(g.start, s);
-      g.end = Math.max(g.end, e);
-    }
+      into.names.push(...g.names);
+      into.write ||= g.write;
+      into.start = Math.min(into.start, g.start);
+      into.end = Math.max(into.end, g.end);
+    };
+    const byBuffer = (overlapOnly: boolean) => {
+      const out: (Group & { order: number })[] = [];
+      for (const g of [...single].sort((x, y) => x.buf.id - y.buf.id || x.start - y.start)) {
+        const last = out[out.length - 1];
+        if (last && last.buf === g.buf && (!overlapOnly || g.start < last.end)) {
+          merge(last, g);
+          last.order = Math.min(last.order, g.order);
+        } else out.push({ ...g, names: [...g.names] });
+      }
+      return out.sort((x, y) => x.order - y.order);
+    };
+    let groups: Group[] = byBuffer(true);
+    if (groups.length > this.ctx.limits.maxStorageBuffersPerShaderStage) groups = byBuffer(false);
+    if (groups.length > this.ctx.limits.maxStorageBuffersPerShaderStage)
+      throw new RangeError(
+        `${spec.name}: ${groups.length} storage bindings, beyond the adapter's ${this.ctx.limits.maxStorageBuffersPerShaderStage}`,
+      );
+    // Usage is tracked per buffer: a read-only binding beside a writable one of the same buffer is invalid.
+    const written = new Set(groups.filter((g) => g.write).map((g) => g.buf));
+    for (const g of groups) g.write ||= written.has(g.buf);
     const maxBinding = this.ctx.limits.maxStorageBufferBindingSize;
     for (const g of groups) {
-      g.start -= g.start % align;
-      g.end = Math.min(g.buf.size, Math.ceil(g.end / 4) * 4);
-      if (g.end <= g.start) g.end = Math.min(g.buf.size, g.start + 4);
       if (g.end - g.start > maxBinding) {
         throw new RangeError(
           `${spec.name}: ${g.names.join(", ")} span ${g.end - g.start} bytes, beyond this adapter's maxStorageBufferBindingSize ${maxBinding}`,
         );
       }
     }
-    if (groups.length > this.ctx.limits.maxStorageBuffersPerShaderStage)
-      throw new RangeError(
-        `${spec.name}: ${groups.length} storage bindings, beyond the adapter's ${this.ctx.limits.maxStorageBuffersPerShaderStage}`,
-      );
     return groups;
   }
 
@@ -298,7 +316,7 @@ export class KernelRunner {
     lines.push(`struct Params { ${fields.join(", ")}, n_wg: u32 }`);
     lines.push(`@group(0) @binding(${groups.length}) var<uniform> p: Params;`);
     groups.forEach((g, i) => {
-      for (const n of g.names) lines.push(...accessors(n, `b${i}`, g.dtype, g.raw, hasF16, g.write));
+      for (const n of g.names) lines.push(...accessors(n, `b${i}`, g.dtype, g.raw, hasF16, spec.tensors[n]!.write === true));
     });
     if (spec.decls) lines.push(spec.decls);
     lines.push(
@@ -414,10 +432,14 @@ export class Profiler {
 
   constructor(
     private readonly device: GPUDevice,
-    private readonly capacity = 4096,
+    private readonly capacity = 2048,
   ) {
     this.querySet = device.createQuerySet({ type: "timestamp", count: 2 * capacity });
     this.resolveBuf = device.createBuffer({ size: 16 * capacity, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  }
+
+  get full(): boolean {
+    return this.names.length >= this.capacity;
   }
 
   next(name: string): GPUComputePassTimestampWrites {
