@@ -223,7 +223,9 @@ export class KernelRunner {
     });
     const merge = (into: Group, g: Group) => {
       if (into.dtype !== g.dtype || into.raw !== g.raw) {
-        throw new Error(`${spec.name}: tensors ${into.names[0]} (${into.dtype}) and ${g.names[0]} (${g.dtype}) share a storage in different dtypes`);
+        throw new Error(
+          `${spec.name}: tensors ${into.names[0]} (${into.dtype}) and ${g.names[0]} (${g.dtype}) share a storage in different dtypes`,
+        );
       }
       into.names.push(...g.names);
       into.write ||= g.write;

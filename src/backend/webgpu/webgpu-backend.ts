@@ -25,7 +25,7 @@ import {
   siluAndMulSpec,
 } from "./ops.js";
 import { WebGpuSampler } from "./sample.js";
-import { quantLinearSpec, WEBGPU_QUANT_TYPES } from "./quant-linear.js";
+import { quantEmbeddingSpec, quantLinearSpec, WEBGPU_QUANT_TYPES } from "./quant-linear.js";
 
 export interface WebGpuBackendOptions {
   /** f32 (default) or f16 (needs shader-f16): activations and the KV cache. */
@@ -80,11 +80,11 @@ export class WebGpuBackend implements Backend {
   }
 
   /**
-   * The stored type of a weight kept as `file`: floats stay (bf16 is read in place), as do matrices in the
-   * block formats with kernels; other formats, and quantized embedding tables, become f16 (f32 without shader-f16).
+   * The stored type of a weight kept as `file`: floats stay (bf16 is read in place), as do the block formats
+   * with kernels (matrices, embedding tables, the LM head); other formats become f16 (f32 without shader-f16).
    */
-  weightDType(file: DType, use: "matrix" | "table"): DType {
-    if (isFloatType(file) || (use === "matrix" && WEBGPU_QUANT_TYPES.includes(file))) return file;
+  weightDType(file: DType, _use: "matrix" | "table"): DType {
+    if (isFloatType(file) || WEBGPU_QUANT_TYPES.includes(file)) return file;
     return this.ctx.hasF16 ? "f16" : "f32";
   }
 
@@ -212,7 +212,11 @@ export class WebGpuBackend implements Backend {
   }
 
   embedding(out: Tensor, ids: Tensor, table: Tensor): void {
-    for (const [r0, rows] of this.rowSlices(table)) this.run(embeddingSpec(out, ids, table.rows(r0, rows), r0));
+    const quant = WEBGPU_QUANT_TYPES.includes(table.dtype);
+    for (const [r0, rows] of this.rowSlices(table)) {
+      const t = table.rows(r0, rows);
+      this.run(quant ? quantEmbeddingSpec(out, ids, t, r0) : embeddingSpec(out, ids, t, r0));
+    }
   }
 
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, residual?: Tensor): void {
