@@ -10,7 +10,7 @@ import { CpuBackend } from "./cpu/cpu-backend.js";
 import { CudaBackend } from "./cuda/cuda-backend.js";
 import { type DeviceRequest, type DeviceSelection, selectDevice } from "./cuda/device.js";
 import type { DType } from "./dtype.js";
-import { createWebGpuBackend, probeWebGpu } from "./webgpu/node-gpu.js";
+import { createWebGpuBackend, hardwareGpuPossible, probeWebGpu } from "./webgpu/node-gpu.js";
 
 export const DEVICE_REQUESTS: readonly DeviceRequest[] = ["auto", "cpu", "cuda", "webgpu"];
 
@@ -62,6 +62,9 @@ export async function createBackendAsync(o: CreateBackendOptions = {}): Promise<
   if (device === "auto") {
     const cuda = selectDevice("auto");
     if (cuda.kind === "cuda") return createBackend(o);
+    const hw = hardwareGpuPossible();
+    if (!hw.possible)
+      return { backend: new CpuBackend({ threads: o.threads }), selection: { kind: "cpu", reason: `${cuda.reason}; ${hw.reason}` } };
     const probe = await probeWebGpu(false);
     if (probe.kind !== "webgpu")
       return { backend: new CpuBackend({ threads: o.threads }), selection: { kind: "cpu", reason: `${cuda.reason}; ${probe.reason}` } };

@@ -2,7 +2,8 @@
  * WebGPU in Node.js: Dawn's binding (the `webgpu` npm package, prebuilt for Linux, macOS and Windows).
  * This is the one Node-specific file of the WebGPU backend: in a browser, `navigator.gpu` takes its place.
  */
-import { freemem, totalmem } from "node:os";
+import { existsSync, readdirSync } from "node:fs";
+import { freemem, platform, totalmem } from "node:os";
 import { adapterName, describeAdapter, openDevice, type WebGpuAdapterDescription } from "./context.js";
 import { WebGpuBackend, type WebGpuBackendOptions } from "./webgpu-backend.js";
 
@@ -55,6 +56,21 @@ export async function probeWebGpu(allowSoftware: boolean): Promise<WebGpuProbe> 
     };
   }
   return { kind: "webgpu", adapter: desc, gpuAdapter: adapter };
+}
+
+/**
+ * Whether a hardware adapter can exist, decided without loading Dawn: on Linux a GPU has a DRM render
+ * node (/dev/dri/renderD*); without one only a software adapter could be found, and `auto` would not
+ * take it. (Loading Dawn also prints warnings on stderr, which a start-up error should not carry.)
+ */
+export function hardwareGpuPossible(): { possible: boolean; reason: string } {
+  if (platform() !== "linux") return { possible: true, reason: "" };
+  const render = existsSync("/dev/dri") ? readdirSync("/dev/dri").filter((f) => f.startsWith("renderD")) : [];
+  if (render.length > 0) return { possible: true, reason: "" };
+  return {
+    possible: false,
+    reason: "no GPU render node (/dev/dri/renderD*) for a hardware WebGPU adapter; --device webgpu uses a software one",
+  };
 }
 
 const consumed = new WeakSet<GPUAdapter>();

@@ -111,8 +111,8 @@ export const GEMV_MAX_ROWS = 8;
 
 /**
  * out[m, n0 + j] = x[m] · W[j] (+ bias[n0 + j]) for the N rows of W bound (a slice of the weight when
- * it spans more than one binding). One workgroup per 4 weight rows and per group of 8 batch rows: 64
- * invocations per weight row split K, every batch row of the group is accumulated while the weight row
+ * it spans more than one binding). One workgroup per 256 / L weight rows and per group of 8 batch rows:
+ * L invocations per weight row (8 to 64, by K) split K, every batch row of the group is accumulated while the weight row
  * streams, then a tree reduction. A row's result is summed in the same order whatever the batch holds,
  * so a request generates the same tokens alone and in a busy batch (the engine's batch invariance).
  */
@@ -123,12 +123,13 @@ export function denseLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
   const tensors: KernelSpec["tensors"] = { out: { t: out, write: true }, x: { t: x }, w: { t: w } };
   if (bias) tensors.bias = { t: bias };
   const MB = Math.min(M, GEMV_MAX_ROWS);
-  const LANES = 64;
-  const ROWS = 4;
+  // About 32 products per invocation before the reduction: short rows (small K) take fewer lanes and more rows per workgroup.
+  const LANES = Math.min(64, Math.max(8, 2 ** Math.ceil(Math.log2(Math.ceil(K / 32)))));
+  const ROWS = 256 / LANES;
   const nGroups = ceil(N, ROWS);
   return {
     name: "linear_gemv",
-    key: `m${MB}${bias ? "b" : ""}`,
+    key: `m${MB}l${LANES}${bias ? "b" : ""}`,
     tensors,
     params: {
       M: ["u32", M],
