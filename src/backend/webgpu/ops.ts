@@ -106,6 +106,31 @@ export function rmsNormSpec(out: Tensor, x: Tensor, weight: Tensor, eps: number,
   };
 }
 
+/**
+ * The end of a matrix-vector workgroup: each lane's partial sums (acc[m] for the batch rows of the group)
+ * reduced by a tree in workgroup memory `red`, then lane m writes batch row m0 + m of output column n.
+ */
+export function gemvTail(LANES: number, ROWS: number, MB: number, bias: boolean): string {
+  return `
+  for (var m = 0u; m < ${MB}u; m++) { red[(m * ${ROWS}u + sub) * ${LANES}u + lane] = acc[m]; }
+  workgroupBarrier();
+  for (var s = ${LANES / 2}u; s > 0u; s = s >> 1u) {
+    if (lane < s) {
+      for (var m = 0u; m < ${MB}u; m++) {
+        let i = (m * ${ROWS}u + sub) * ${LANES}u + lane;
+        red[i] = red[i] + red[i + s];
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lane < mn && n < p.N) {
+    let m = lane;
+    var v = red[(m * ${ROWS}u + sub) * ${LANES}u];
+    ${bias ? "v += ld_bias(p.n0 + n);" : ""}
+    st_out((m0 + m) * p.so + p.n0 + n, v);
+  }`;
+}
+
 /** Rows of the batch a matrix-vector workgroup takes at once (each weight row is read once for all of them). */
 export const GEMV_MAX_ROWS = 8;
 
@@ -160,23 +185,7 @@ export function denseLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
       }
     }
   }
-  for (var m = 0u; m < ${MB}u; m++) { red[(m * ${ROWS}u + sub) * ${LANES}u + lane] = acc[m]; }
-  workgroupBarrier();
-  for (var s = ${LANES / 2}u; s > 0u; s = s >> 1u) {
-    if (lane < s) {
-      for (var m = 0u; m < ${MB}u; m++) {
-        let i = (m * ${ROWS}u + sub) * ${LANES}u + lane;
-        red[i] = red[i] + red[i + s];
-      }
-    }
-    workgroupBarrier();
-  }
-  if (lane < mn && n < p.N) {
-    let m = lane;
-    var v = red[(m * ${ROWS}u + sub) * ${LANES}u];
-    ${bias ? "v += ld_bias(p.n0 + n);" : ""}
-    st_out((m0 + m) * p.so + p.n0 + n, v);
-  }`,
+${gemvTail(LANES, ROWS, MB, bias !== undefined)}`,
   };
 }
 

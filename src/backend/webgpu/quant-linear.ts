@@ -17,7 +17,7 @@
 import { type DType, elementType, tensorBytes } from "../dtype.js";
 import type { Tensor } from "../tensor.js";
 import type { KernelSpec } from "./kernels.js";
-import { GEMV_MAX_ROWS } from "./ops.js";
+import { GEMV_MAX_ROWS, gemvTail } from "./ops.js";
 
 export const WEBGPU_QUANT_TYPES: readonly DType[] = ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k"];
 
@@ -182,7 +182,6 @@ export function quantLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
     rowBytes: ["u32", tensorBytes(w.dtype, w.rowStride)],
     n0: ["u32", n0],
   };
-  const addBias = bias ? "v += ld_bias(p.n0 + n);" : "";
   const decls = decodeFn(w.dtype, "w");
   // The eight products of a group against batch row m, summed in a fixed order.
   const dot8 = (xb: string) => Array.from({ length: 8 }, (_, i) => `wv[${i}] * ld_x(${xb} + ${i}u)`).join(" + ");
@@ -218,23 +217,7 @@ export function quantLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
       }
     }
   }
-  for (var m = 0u; m < ${MB}u; m++) { red[(m * ${ROWS}u + sub) * ${LANES}u + lane] = acc[m]; }
-  workgroupBarrier();
-  for (var s = ${LANES / 2}u; s > 0u; s = s >> 1u) {
-    if (lane < s) {
-      for (var m = 0u; m < ${MB}u; m++) {
-        let i = (m * ${ROWS}u + sub) * ${LANES}u + lane;
-        red[i] = red[i] + red[i + s];
-      }
-    }
-    workgroupBarrier();
-  }
-  if (lane < mn && n < p.N) {
-    let m = lane;
-    var v = red[(m * ${ROWS}u + sub) * ${LANES}u];
-    ${addBias}
-    st_out((m0 + m) * p.so + p.n0 + n, v);
-  }`,
+${gemvTail(LANES, ROWS, MB, bias !== undefined)}`,
   };
 }
 
