@@ -106,6 +106,17 @@ export function rmsNormSpec(out: Tensor, x: Tensor, weight: Tensor, eps: number,
   };
 }
 
+/** The start of a matrix-vector workgroup: its lane and weight row n, its batch rows [m0, m0 + mn), and their sums acc. */
+export function gemvHead(LANES: number, ROWS: number, MB: number): string {
+  return `
+  let lane = lid % ${LANES}u;
+  let sub = lid / ${LANES}u;
+  let n = (wid % p.nGroups) * ${ROWS}u + sub;
+  let m0 = (wid / p.nGroups) * ${MB}u;
+  let mn = min(${MB}u, p.M - m0);
+  var acc: array<f32, ${MB}>;`;
+}
+
 /**
  * The end of a matrix-vector workgroup: each lane's partial sums (acc[m] for the batch rows of the group)
  * reduced by a tree in workgroup memory `red`, then lane m writes batch row m0 + m of output column n.
@@ -170,12 +181,7 @@ export function denseLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
     workgroups: nGroups * ceil(M, MB),
     decls: `var<workgroup> red: array<f32, ${LANES * ROWS * MB}>;`,
     body: `
-  let lane = lid % ${LANES}u;
-  let sub = lid / ${LANES}u;
-  let n = (wid % p.nGroups) * ${ROWS}u + sub;
-  let m0 = (wid / p.nGroups) * ${MB}u;
-  let mn = min(${MB}u, p.M - m0);
-  var acc: array<f32, ${MB}>;
+${gemvHead(LANES, ROWS, MB)}
   if (n < p.N) {
     let wb = n * p.sw;
     for (var k = lane; k < p.K; k += ${LANES}u) {

@@ -17,7 +17,7 @@
 import { type DType, elementType, tensorBytes } from "../dtype.js";
 import type { Tensor } from "../tensor.js";
 import type { KernelSpec } from "./kernels.js";
-import { GEMV_MAX_ROWS, gemvTail } from "./ops.js";
+import { GEMV_MAX_ROWS, gemvHead, gemvTail } from "./ops.js";
 
 export const WEBGPU_QUANT_TYPES: readonly DType[] = ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k"];
 
@@ -199,12 +199,7 @@ export function quantLinearSpec(out: Tensor, x: Tensor, w: Tensor, n0: number, b
     workgroups: nGroups * ceil(M, MB),
     decls: `${decls}\nvar<workgroup> red: array<f32, ${LANES * ROWS * MB}>;`,
     body: `
-  let lane = lid % ${LANES}u;
-  let sub = lid / ${LANES}u;
-  let n = (wid % p.nGroups) * ${ROWS}u + sub;
-  let m0 = (wid / p.nGroups) * ${MB}u;
-  let mn = min(${MB}u, p.M - m0);
-  var acc: array<f32, ${MB}>;
+${gemvHead(LANES, ROWS, MB)}
   if (n < p.N) {
     let rb = base_w() + n * p.rowBytes;
     for (var g = lane; g < p.G; g += ${LANES}u) {
