@@ -14,6 +14,7 @@ import { progressBar } from "./progress.js";
 import { type RunningServer, startServer, VERSION } from "../server/serve.js";
 import { registerPlan } from "./plan.js";
 import { registerBenchServe } from "./bench-serve.js";
+import { registerRouter } from "./router.js";
 import { ENGINE_DEFAULTS } from "../defaults.js";
 
 const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -136,6 +137,7 @@ interface ServeFlags {
   maxConnections: number;
   device: string;
   stubModel: boolean;
+  stubStepMs: number;
 }
 
 /** "4GiB", "512MiB", "2G", "1e9": a byte count. */
@@ -150,6 +152,7 @@ export function parseBytes(v: string): number {
 }
 
 async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> {
+  if (flags.stubStepMs > 0 && !flags.stubModel) throw new Error("--stub-step-ms applies to --stub-model only");
   const device = parseDeviceRequest(flags.device);
   if (flags.generationConfig !== "auto" && flags.generationConfig !== "vllm") {
     throw new Error(
@@ -173,6 +176,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
     headersTimeout: flags.headersTimeout,
     maxConnections: flags.maxConnections,
     stubModel: flags.stubModel,
+    stubStepMs: flags.stubStepMs,
     onProgress: bar,
     engine: {
       maxModelLen: flags.maxModelLen,
@@ -318,6 +322,12 @@ export function buildProgram(): Command {
     .option("--max-connections <n>", "open HTTP connections at most; more are refused", intArg("--max-connections", 1), 4096)
     .option("--device <device>", "auto (CUDA, else a hardware WebGPU adapter, else CPU; says which and why), cpu, cuda or webgpu", "auto")
     .option("--stub-model", "serve the model's config and tokenizer with free random logits, no weights: measures the server itself", false)
+    .option(
+      "--stub-step-ms <ms>",
+      "with --stub-model: each engine step takes this long (a device's pace, for router and autoscaler load tests)",
+      intArg("--stub-step-ms", 0),
+      0,
+    )
     .action((dir: string, flags: ServeFlags) => serveCommand(dir, flags));
   program
     .command("quantize")
@@ -328,6 +338,7 @@ export function buildProgram(): Command {
     .action((dir: string, flags: { output: string; type: string }) => quantizeCommand(dir, flags));
   registerPlan(program, parseBytes, intArg);
   registerBenchServe(program);
+  registerRouter(program);
   return program;
 }
 

@@ -81,9 +81,13 @@ export class AsyncEngine extends EventEmitter<AsyncEngineEvents> {
   }
 
   /** Start the engine thread and load the model; resolves once it can take requests. */
-  static start(modelDir: string, options: EngineOptions = {}, extra: { stubModel?: boolean } = {}): Promise<AsyncEngine> {
+  static start(
+    modelDir: string,
+    options: EngineOptions = {},
+    extra: { stubModel?: boolean; stubStepMs?: number } = {},
+  ): Promise<AsyncEngine> {
     const { onProgress, ...rest } = options;
-    const init: WorkerInit = { modelDir, options: rest, stubModel: extra.stubModel };
+    const init: WorkerInit = { modelDir, options: rest, stubModel: extra.stubModel, stubStepMs: extra.stubStepMs };
     const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { workerData: init });
     return new Promise((resolve, reject) => {
       const onExit = (code: number) => reject(new EngineDeadError(`the engine thread exited (code ${code}) while loading ${modelDir}`));

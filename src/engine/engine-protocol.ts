@@ -9,6 +9,8 @@ export interface WorkerInit {
   options: Omit<EngineOptions, "onProgress">;
   /** Run the engine on a model that costs nothing (config and tokenizer only, no weights): for measuring the engine and server themselves. */
   stubModel?: boolean;
+  /** The stub's milliseconds per step (a timer, as a device would take): for load tests of routers and autoscalers. */
+  stubStepMs?: number;
 }
 
 /** What the client learns about the loaded model and engine once the worker is ready. */

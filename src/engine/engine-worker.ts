@@ -84,7 +84,9 @@ function openStub(init: WorkerInit): Session {
     asyncScheduling: o.asyncScheduling ?? ENGINE_DEFAULTS.asyncScheduling,
   };
   const eos = mergeEosTokenIds(tokenizer.eosTokenIds, gen.eosTokenIds, config.eosTokenIds);
-  const core = new EngineCore(new NullExecutor(config.vocabSize), engineConfig, eos, tokenizer);
+  const executor = new NullExecutor(config.vocabSize);
+  executor.deviceMs = init.stubStepMs ?? 0;
+  const core = new EngineCore(executor, engineConfig, eos, tokenizer);
   if (o.seed !== undefined) core.seed(o.seed);
   return {
     core,

@@ -25,6 +25,8 @@ export interface ServeOptions {
   engine?: EngineOptions;
   /** Serve a stub model that costs nothing (config and tokenizer only): measures the server and engine themselves. */
   stubModel?: boolean;
+  /** With `stubModel`: milliseconds each engine step takes (a timer), so a stub replica has a device's pace. */
+  stubStepMs?: number;
   logger?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
@@ -53,7 +55,11 @@ async function closeWithin(app: TokamakApp["app"], ms: number): Promise<void> {
 export async function startServer(modelDir: string, o: ServeOptions = {}): Promise<RunningServer> {
   bearerCheck(o.apiKey); // a key that cannot work fails before the model loads
   const tokenizer = Tokenizer.fromDir(modelDir);
-  const engine = await AsyncEngine.start(modelDir, { ...o.engine, onProgress: o.onProgress }, { stubModel: o.stubModel });
+  const engine = await AsyncEngine.start(
+    modelDir,
+    { ...o.engine, onProgress: o.onProgress },
+    { stubModel: o.stubModel, stubStepMs: o.stubStepMs },
+  );
   try {
     const names = o.servedModelName && o.servedModelName.length > 0 ? o.servedModelName : [basename(resolve(modelDir))];
     const metrics = new Metrics(names[0]!, engine.info.maxModelLen);
