@@ -43,6 +43,35 @@ export function hpaDesired(current: number, totalWaiting: number, targetWaiting:
   return Math.ceil(current * ratio);
 }
 
+/**
+ * The HPA's behaviour rules on one raw recommendation: it joins `history` (pruned to the longer
+ * window); the count rises to the lowest recommendation of the scale-up window (at most max(4, 100%)
+ * more than now) and falls to the highest of the scale-down window; then [min, max].
+ */
+export function stabilize(
+  history: { at: number; desired: number }[],
+  t: number,
+  current: number,
+  raw: number,
+  o: Pick<AutoscalerOptions, "scaleDownAfterMs" | "scaleUpAfterMs" | "minReplicas" | "maxReplicas">,
+): number {
+  history.push({ at: t, desired: raw });
+  const horizon = Math.max(o.scaleDownAfterMs, o.scaleUpAfterMs);
+  while (history.length > 0 && history[0]!.at < t - horizon) history.shift();
+  // Kubernetes' stabilizeRecommendationWithBehaviors: up to the lowest recommendation of the up window
+  // only if all of it is above the current count, down to the highest of the down window only if all of it is below.
+  let up = Infinity;
+  let down = -Infinity;
+  for (const r of history) {
+    if (r.at >= t - o.scaleUpAfterMs) up = Math.min(up, r.desired);
+    if (r.at >= t - o.scaleDownAfterMs) down = Math.max(down, r.desired);
+  }
+  let desired = current;
+  if (desired < up) desired = Math.min(up, current + Math.max(4, current)); // the default rate: max(4 pods, 100%) per period
+  if (desired > down) desired = down;
+  return Math.min(o.maxReplicas, Math.max(o.minReplicas, desired));
+}
+
 /** Shell-like words: spaces split, single and double quotes group, backslash escapes (no expansion: nothing runs a shell). */
 export function splitCommand(cmd: string): string[] {
   const out: string[] = [];
@@ -138,20 +167,7 @@ export class Autoscaler {
       let waiting = 0;
       for (const r of current) if (r.state === "ready") waiting += r.load.waiting;
       const raw = hpaDesired(n, waiting, this.o.targetWaiting, this.o.tolerance);
-      const t = performance.now();
-      this.recommendations.push({ at: t, desired: raw });
-      const horizon = Math.max(this.o.scaleDownAfterMs, this.o.scaleUpAfterMs);
-      while (this.recommendations.length > 0 && this.recommendations[0]!.at < t - horizon) this.recommendations.shift();
-      let desired = raw;
-      if (raw > n) {
-        // Up: the lowest recommendation over the up window (0: this one), then at most max(4, 100%) more.
-        for (const r of this.recommendations) if (r.at >= t - this.o.scaleUpAfterMs) desired = Math.min(desired, r.desired);
-        desired = Math.min(desired, n + Math.max(4, n));
-      } else if (raw < n) {
-        // Down: the highest recommendation over the down window, so a short lull does not shed replicas.
-        for (const r of this.recommendations) if (r.at >= t - this.o.scaleDownAfterMs) desired = Math.max(desired, r.desired);
-      }
-      desired = Math.min(this.o.maxReplicas, Math.max(this.o.minReplicas, desired));
+      const desired = stabilize(this.recommendations, performance.now(), n, raw, this.o);
       this.desired = desired;
       this.metrics?.desiredReplicas.set(desired);
       this.lastDecision = { at: new Date().toISOString(), current: n, waiting, raw, desired };
