@@ -120,6 +120,7 @@ export class Autoscaler {
   private timer: NodeJS.Timeout | undefined;
   private nextId = 1;
   private ticking = false;
+  private stopped = false;
   desired: number;
   lastDecision: { at: string; current: number; waiting: number; raw: number; desired: number } | undefined;
   /** Spawned replicas that exited on their own (not by a drain). */
@@ -153,13 +154,14 @@ export class Autoscaler {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
   }
 
   /** One decision (exposed for tests and for the admin API's view). */
   async tick(): Promise<void> {
-    if (this.ticking) return;
+    if (this.ticking || this.stopped) return;
     this.ticking = true;
     try {
       const current = this.current();
@@ -227,7 +229,7 @@ export class Autoscaler {
     const startedAt = performance.now();
     child.once("error", (err) => log(`[${id}] could not start "${cmd}": ${err.message}`));
     child.once("exit", (code, signal) => {
-      if (r.state !== "draining" && this.pool.replicas.get(id) === r) {
+      if (!this.stopped && r.state !== "draining" && this.pool.replicas.get(id) === r) {
         this.crashes++;
         log(`[${id}] exited (${signal ?? `code ${code}`}) while not draining; last output: ${tail.slice(-3).join(" | ") || "(none)"}`);
         this.pool.remove(id);

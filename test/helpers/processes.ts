@@ -29,16 +29,17 @@ export function startCli(args: string[], opts: { timeoutMs?: number; env?: NodeJ
       proc.kill("SIGKILL");
       reject(new Error(`tokamak ${args.join(" ")} did not start within ${opts.timeoutMs ?? 60_000} ms:\n${err}`));
     }, opts.timeoutMs ?? 60_000);
-    proc.once("exit", (code) => {
+    const early = (code: number | null) => {
       clearTimeout(timer);
       reject(new Error(`tokamak ${args.join(" ")} exited (${code}) before it was ready:\n${err}`));
-    });
+    };
+    proc.once("exit", early);
     proc.stderr!.on("data", (s: string) => {
       err += s;
       const m = /API at (http:\/\/[^\s]+)\/v1/.exec(err);
       if (m) {
         clearTimeout(timer);
-        proc.removeAllListeners("exit");
+        proc.off("exit", early);
         resolve({
           url: m[1]!,
           proc,
