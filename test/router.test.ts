@@ -246,7 +246,10 @@ async function makeRouter(policy: PolicyName, urls: string[], healthIntervalMs =
     pool,
     metrics,
     close: async () => {
-      await app.close();
+      // A client that stopped reading without closing its socket (undici, after an abort) would hold a graceful close for minutes.
+      const closing = app.close();
+      app.server.closeAllConnections();
+      await closing;
       await pool.close();
     },
   };
