@@ -528,6 +528,8 @@ describe("the router in front of replica processes", () => {
       const streams = Array.from({ length: 12 }, (_, i) =>
         chat(r.url, { messages: [{ role: "user", content: `s${i}` }], max_tokens: 400, stream: true, ignore_eos: true }),
       );
+      // All streams placed before the plain requests, so round-robin puts exactly 4 of them on each replica.
+      await waitFor(() => r.pool.routable().reduce((a, x) => a + x.inFlight, 0) >= 12, "the streams to be placed");
       const plain = Array.from({ length: 6 }, (_, i) =>
         chat(r.url, { messages: [{ role: "user", content: `p${i}` }], max_tokens: 300, ignore_eos: true }),
       );
