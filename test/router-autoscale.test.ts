@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { parsePrometheusSums } from "../src/router/replica.js";
-import { startCli } from "./helpers/processes.js";
+import { startCli, ROUTER_TEST_MODEL } from "./helpers/processes.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -21,16 +21,7 @@ interface AdminView {
 
 test("the autoscaler starts replicas when the waiting queue passes its target and drains them when idle; no request is lost", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "tokamak-autoscale-"));
-  writeTinyModel(join(dir, "m"), {
-    arch: "qwen3",
-    hiddenSize: 64,
-    numLayers: 2,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 32,
-    intermediateSize: 128,
-    maxPositionEmbeddings: 2048,
-  });
+  writeTinyModel(join(dir, "m"), ROUTER_TEST_MODEL);
   const spawn = `tokamak serve ${join(dir, "m")} --stub-model --stub-step-ms 20 --max-num-seqs 2 --max-model-len 2048 --port {port}`;
   const router = await startCli([
     "router",

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { after, test, type TestContext } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type DelayLine, startDelayLine } from "./helpers/delay-line.js";
+import { ROUTER_TEST_MODEL } from "./helpers/processes.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
 
 const repoRoot = fileURLToPath(new URL("../..", import.meta.url)); // dist/test/ → the repository
@@ -281,16 +282,7 @@ test(
     const since = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
     workDir = mkdtempSync(join(tmpdir(), "tokamak-regions-"));
     const modelDir = join(workDir, "tiny-qwen3");
-    writeTinyModel(modelDir, {
-      arch: "qwen3",
-      hiddenSize: 64,
-      numLayers: 2,
-      numHeads: 2,
-      numKvHeads: 1,
-      headDim: 32,
-      intermediateSize: 128,
-      maxPositionEmbeddings: 2048,
-    });
+    writeTinyModel(modelDir, ROUTER_TEST_MODEL);
 
     makeRegion(regions.eu);
     makeRegion(regions.us);

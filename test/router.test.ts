@@ -17,7 +17,7 @@ import { PrefixTree } from "../src/router/prefix-tree.js";
 import { parsePrometheusSums, parseReplicaSpec, Replica } from "../src/router/replica.js";
 import { buildRouterApp } from "../src/router/router-app.js";
 import { RouterMetrics } from "../src/router/router-metrics.js";
-import { type Proc, startCli, startStubReplica } from "./helpers/processes.js";
+import { type Proc, startCli, startStubReplica, ROUTER_TEST_MODEL } from "./helpers/processes.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -310,16 +310,7 @@ describe("the router in front of replica processes", () => {
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "tokamak-router-"));
-    writeTinyModel(join(dir, "m"), {
-      arch: "qwen3",
-      hiddenSize: 64,
-      numLayers: 2,
-      numHeads: 2,
-      numKvHeads: 1,
-      headDim: 32,
-      intermediateSize: 128,
-      maxPositionEmbeddings: 2048,
-    });
+    writeTinyModel(join(dir, "m"), ROUTER_TEST_MODEL);
     replicas = await Promise.all([0, 1, 2].map(() => startStubReplica(join(dir, "m"))));
   });
 
@@ -567,17 +558,7 @@ describe("the router in front of replica processes", () => {
   });
 
   test("end to end with a real tiny model: the same greedy text through the router as direct", async () => {
-    writeTinyModel(join(dir, "real"), {
-      arch: "qwen3",
-      hiddenSize: 64,
-      numLayers: 2,
-      numHeads: 2,
-      numKvHeads: 1,
-      headDim: 32,
-      intermediateSize: 128,
-      maxPositionEmbeddings: 512,
-      seed: 7,
-    });
+    writeTinyModel(join(dir, "real"), { ...ROUTER_TEST_MODEL, maxPositionEmbeddings: 512, seed: 7 });
     const real = await startCli(["serve", join(dir, "real"), "--port", "0", "--threads", "1", "--kv-cache-memory", "64MiB"]);
     extra.push(real);
     const r = await makeRouter("cache-aware", [real.url]);

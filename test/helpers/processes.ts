@@ -1,6 +1,7 @@
 /** Tokamak processes for tests: `serve` replicas and `router`s started from the built CLI, their URL read off the banner. */
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import type { TinyModelOptions } from "./tiny-model.js";
 
 export const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const CLI = fileURLToPath(new URL("../../src/cli/main.js", import.meta.url));
@@ -71,3 +72,15 @@ export function startStubReplica(modelDir: string, extra: string[] = [], stepMs 
     ...extra,
   ]);
 }
+
+/** The model folder router tests serve: a stub needs only its config and tokenizer; small enough to run for real too. */
+export const ROUTER_TEST_MODEL: TinyModelOptions = {
+  arch: "qwen3",
+  hiddenSize: 64,
+  numLayers: 2,
+  numHeads: 2,
+  numKvHeads: 1,
+  headDim: 32,
+  intermediateSize: 128,
+  maxPositionEmbeddings: 2048,
+};
