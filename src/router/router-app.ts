@@ -153,7 +153,9 @@ export function buildRouterApp(o: RouterAppOptions): FastifyInstance {
   async function proxy(request: FastifyRequest, reply: FastifyReply, route: Route): Promise<void> {
     const t0 = now();
     const body = request.body instanceof Buffer ? request.body : undefined;
-    const key = route === "other" ? "" : routingKey(parseJson(body), route);
+    // Only the prefix-keyed policies read the prompt.
+    const keyed = router.policy === "cache-aware" || router.policy === "region";
+    const key = route === "other" || !keyed ? "" : routingKey(parseJson(body), route);
     const regionHeader = request.headers["x-tokamak-region"];
     const region = typeof regionHeader === "string" && regionHeader.length > 0 ? regionHeader : undefined;
     const routeLabel =
