@@ -418,6 +418,13 @@ describe("the router in front of replica processes", () => {
       await waitFor(async () => (await running()) === 0, "the replica to stop the request", 10_000);
       const generated = (await gen(replicas[i]!.url)) - genBefore[i]!;
       assert.ok(generated < 750, `the replica generated ${generated} of the 1500 tokens before it saw the client go`);
+      const aborts = async () => {
+        const m = /tokamak:request_success_total\{[^}]*finished_reason="abort"[^}]*\} (\S+)/.exec(
+          await (await fetch(`${replicas[i]!.url}/metrics`)).text(),
+        );
+        return Number(m?.[1] ?? 0);
+      };
+      await waitFor(async () => (await aborts()) >= 1, 'the replica to count the abort (finished_reason="abort")', 5000);
       await waitFor(() => r.pool.routable().every((x) => x.inFlight === 0), "the router to count it finished");
     } finally {
       await r.close();

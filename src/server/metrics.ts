@@ -104,6 +104,11 @@ export class Metrics {
     this.genLen.observe(l, o.outputTokens);
   }
 
+  /** Sequences that ended by an abort before finishing (request_success_total{finished_reason="abort"}). */
+  observeAborted(sequences: number): void {
+    if (sequences > 0) this.success.inc({ ...this.labels, finished_reason: "abort" }, sequences);
+  }
+
   /** A request's prompt, counted once when its first token comes out (cached tokens included, as vLLM counts). */
   observePrompt(tokens: number): void {
     this.promptTokens.inc(this.labels, tokens);

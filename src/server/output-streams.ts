@@ -4,7 +4,7 @@
  * dashboard's windows.
  */
 import { randomUUID } from "node:crypto";
-import type { AsyncEngine } from "../engine/async-engine.js";
+import { type AsyncEngine, EngineRequestError } from "../engine/async-engine.js";
 import type { RequestOutput } from "../engine/engine-core.js";
 import type { SamplingParams } from "../engine/sampling-params.js";
 import type { SlidingWindow } from "./dashboard.js";
@@ -89,13 +89,21 @@ export class OutputStreams {
     fn: (index: number, prompt: number, out: RequestOutput) => void,
   ): Promise<void> {
     const { streams, timings, arrival } = launched;
+    let finished = 0;
     const each = (p: number, out: RequestOutput) => {
       const index = p * n + out.index;
       this.observe(out, index, timings, arrival);
+      if (out.finished) finished++;
       fn(index, p, out);
     };
-    if (streams.length === 1) for await (const out of streams[0]!) each(0, out);
-    else for await (const [p, out] of this.merged(streams)) each(p, out);
+    try {
+      if (streams.length === 1) for await (const out of streams[0]!) each(0, out);
+      else for await (const [p, out] of this.merged(streams)) each(p, out);
+    } catch (err) {
+      // Sequences cut by an abort (the client left, or the server's drain ran out) count as vLLM counts them.
+      if (err instanceof EngineRequestError && err.kind === "AbortError") this.metrics.observeAborted(streams.length * n - finished);
+      throw err;
+    }
   }
 
   /** Merge the prompt streams into one, tagging each output with its prompt's position. */
