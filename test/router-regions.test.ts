@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test, type TestContext } from "node:test";
 import { fileURLToPath } from "node:url";
+import { DEFAULT_BREAKER } from "../src/router/replica.js";
 import { type DelayLine, startDelayLine } from "./helpers/delay-line.js";
 import { ROUTER_TEST_MODEL } from "./helpers/processes.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
@@ -408,7 +409,9 @@ test(
     const outageMs = healthyAt - killedAt;
     // The router probes a replica whose breaker opened less often (its open period doubles on each failed
     // probe), so the return can take up to about the outage's length on top of the health interval.
-    const backWithin = outageMs + 2 * HEALTH_INTERVAL_MS + 1000;
+    // A replica whose breaker opened during the outage is probed again only when the breaker's (doubling) open period ends.
+    const breakerLagMs = Math.min(outageMs + DEFAULT_BREAKER.openMs, DEFAULT_BREAKER.maxOpenMs);
+    const backWithin = breakerLagMs + 2 * HEALTH_INTERVAL_MS + 1000;
     const back = await waitFor(`eu requests back in eu within ${Math.round(backWithin)} ms`, backWithin, async () => {
       const s = await complete(base, "eu", false);
       assert.equal(s.status, 200, s.body);

@@ -19,6 +19,7 @@ import { buildRouterApp } from "../src/router/router-app.js";
 import { RouterMetrics } from "../src/router/router-metrics.js";
 import { type Proc, startCli, startStubReplica, ROUTER_TEST_MODEL } from "./helpers/processes.js";
 import { writeTinyModel } from "./helpers/tiny-model.js";
+import { startServer } from "../src/server/serve.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -561,6 +562,23 @@ describe("the router in front of replica processes", () => {
       assert.ok((errs.get("tokamak_router_errors_total") ?? 0) >= 4);
     } finally {
       await r.close();
+    }
+  });
+
+  test("a replica with --metrics-prefix vllm exposes vLLM's names only, and the router reads its load from them", async () => {
+    const s = await startServer(join(dir, "m"), { port: 0, stubModel: true, metricsPrefix: "vllm", engine: { maxModelLen: 2048 } });
+    const r = await makeRouter("least-load", [s.url]);
+    try {
+      const body = await (await fetch(`${s.url}/metrics`)).text();
+      assert.match(body, /^vllm:num_requests_waiting\{model_name="m"\} 0$/m);
+      assert.match(body, /^vllm:request_success_total\{/m);
+      assert.doesNotMatch(body, /tokamak:/);
+      assert.equal((await chat(r.url, { messages: [{ role: "user", content: "count me" }] })).status, 200);
+      const rep = r.pool.routable()[0]!;
+      await waitFor(() => rep.load.prefixQueries > 0, "the router to read vllm:prefix_cache_queries_total");
+    } finally {
+      await r.close();
+      await s.shutdown(500);
     }
   });
 

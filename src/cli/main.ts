@@ -12,6 +12,7 @@ import { Generator } from "../engine/generator.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { progressBar } from "./progress.js";
 import { type RunningServer, startServer, VERSION } from "../server/serve.js";
+import { METRICS_PREFIXES, type MetricsPrefix } from "../server/metrics.js";
 import { registerPlan } from "./plan.js";
 import { registerBenchServe } from "./bench-serve.js";
 import { registerRouter } from "./router.js";
@@ -132,6 +133,7 @@ interface ServeFlags {
   maxQueueLen: number;
   shutdownTimeout: number;
   metricsNoAuth: boolean;
+  metricsPrefix: string;
   requestTimeout: number;
   headersTimeout: number;
   maxConnections: number;
@@ -152,6 +154,8 @@ export function parseBytes(v: string): number {
 }
 
 async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> {
+  if (!(METRICS_PREFIXES as readonly string[]).includes(flags.metricsPrefix))
+    throw new Error(`--metrics-prefix must be one of ${METRICS_PREFIXES.join(", ")}, got "${flags.metricsPrefix}"`);
   if (flags.stubStepMs > 0 && !flags.stubModel) throw new Error("--stub-step-ms applies to --stub-model only");
   const device = parseDeviceRequest(flags.device);
   if (flags.generationConfig !== "auto" && flags.generationConfig !== "vllm") {
@@ -170,6 +174,7 @@ async function serveCommand(modelDir: string, flags: ServeFlags): Promise<void> 
     port: flags.port,
     apiKey,
     metricsNoAuth: flags.metricsNoAuth,
+    metricsPrefix: flags.metricsPrefix as MetricsPrefix,
     servedModelName: flags.servedModelName,
     maxQueueLen: flags.maxQueueLen,
     requestTimeout: flags.requestTimeout,
@@ -278,6 +283,7 @@ export function buildProgram(): Command {
       "require Authorization: Bearer <key> on every route but /health, /version and the dashboard page: /v1/*, /tokenize, /detokenize, the dashboard's data, /metrics (default: $TOKAMAK_API_KEY)",
     )
     .option("--metrics-no-auth", "serve /metrics without the API key (for Prometheus scrapers that have none)", false)
+    .option("--metrics-prefix <prefix>", "metric names under tokamak: or vllm: (vLLM's Grafana dashboards work unchanged)", "tokamak")
     .option("--served-model-name <names...>", "model names clients may use (default: the folder name)")
     .option("--max-model-len <n>", "context length (default: the model's)", intArg("--max-model-len", 2))
     .option("--max-num-batched-tokens <n>", "tokens per engine step (default 8192)", intArg("--max-num-batched-tokens", 1))

@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics with vLLM's names and meanings under the `tokamak:`
- * prefix (vLLM exposes counters with a `_total` suffix; so do we), every one
+ * prefix (or `vllm:` with `--metrics-prefix vllm`) (vLLM exposes counters with a `_total` suffix; so do we), every one
  * labelled with the served model name.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
@@ -18,6 +18,9 @@ function lengthBuckets(max: number): number[] {
     }
   }
 }
+
+export const METRICS_PREFIXES = ["tokamak", "vllm"] as const;
+export type MetricsPrefix = (typeof METRICS_PREFIXES)[number];
 
 export class Metrics {
   readonly registry = new Registry();
@@ -39,7 +42,8 @@ export class Metrics {
   readonly promptLen: Histogram;
   readonly genLen: Histogram;
 
-  constructor(modelName: string, maxModelLen: number) {
+  /** @param prefix the metric names' prefix: "tokamak" (default) or "vllm", so vLLM's Grafana dashboards read them unchanged. */
+  constructor(modelName: string, maxModelLen: number, prefix: MetricsPrefix = "tokamak") {
     this.labels = { model_name: modelName };
     const r = [this.registry];
     const labelNames = ["model_name"] as const;
@@ -47,21 +51,21 @@ export class Metrics {
     const counter = (name: string, help: string, extra: string[] = []) =>
       new Counter({ name, help, labelNames: [...labelNames, ...extra], registers: r });
     const hist = (name: string, help: string, buckets: number[]) => new Histogram({ name, help, labelNames, buckets, registers: r });
-    this.running = gauge("tokamak:num_requests_running", "Number of requests in model execution batches.");
-    this.waiting = gauge("tokamak:num_requests_waiting", "Number of requests waiting to be processed.");
-    this.kvUsage = gauge("tokamak:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
-    this.prefixQueries = counter("tokamak:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.");
-    this.prefixHits = counter("tokamak:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.");
-    this.preemptions = counter("tokamak:num_preemptions_total", "Cumulative number of preemptions from the engine.");
-    this.promptTokens = counter("tokamak:prompt_tokens_total", "Number of prefill tokens processed.");
-    this.generationTokens = counter("tokamak:generation_tokens_total", "Number of generation tokens processed.");
-    this.success = counter("tokamak:request_success_total", "Count of successfully processed requests.", ["finished_reason"]);
-    this.ttft = hist("tokamak:time_to_first_token_seconds", "Histogram of time to first token in seconds.", LATENCY_BUCKETS);
-    this.itl = hist("tokamak:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS);
-    this.e2e = hist("tokamak:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", LATENCY_BUCKETS);
-    this.queue = hist("tokamak:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", LATENCY_BUCKETS);
-    this.promptLen = hist("tokamak:request_prompt_tokens", "Number of prefill tokens processed.", lengthBuckets(maxModelLen));
-    this.genLen = hist("tokamak:request_generation_tokens", "Number of generation tokens processed.", lengthBuckets(maxModelLen));
+    this.running = gauge(`${prefix}:num_requests_running`, "Number of requests in model execution batches.");
+    this.waiting = gauge(`${prefix}:num_requests_waiting`, "Number of requests waiting to be processed.");
+    this.kvUsage = gauge(`${prefix}:kv_cache_usage_perc`, "KV-cache usage. 1 means 100 percent usage.");
+    this.prefixQueries = counter(`${prefix}:prefix_cache_queries_total`, "Prefix cache queries, in terms of number of queried tokens.");
+    this.prefixHits = counter(`${prefix}:prefix_cache_hits_total`, "Prefix cache hits, in terms of number of cached tokens.");
+    this.preemptions = counter(`${prefix}:num_preemptions_total`, "Cumulative number of preemptions from the engine.");
+    this.promptTokens = counter(`${prefix}:prompt_tokens_total`, "Number of prefill tokens processed.");
+    this.generationTokens = counter(`${prefix}:generation_tokens_total`, "Number of generation tokens processed.");
+    this.success = counter(`${prefix}:request_success_total`, "Count of successfully processed requests.", ["finished_reason"]);
+    this.ttft = hist(`${prefix}:time_to_first_token_seconds`, "Histogram of time to first token in seconds.", LATENCY_BUCKETS);
+    this.itl = hist(`${prefix}:inter_token_latency_seconds`, "Histogram of inter-token latency in seconds.", ITL_BUCKETS);
+    this.e2e = hist(`${prefix}:e2e_request_latency_seconds`, "Histogram of end to end request latency in seconds.", LATENCY_BUCKETS);
+    this.queue = hist(`${prefix}:request_queue_time_seconds`, "Histogram of time spent in WAITING phase for request.", LATENCY_BUCKETS);
+    this.promptLen = hist(`${prefix}:request_prompt_tokens`, "Number of prefill tokens processed.", lengthBuckets(maxModelLen));
+    this.genLen = hist(`${prefix}:request_generation_tokens`, "Number of generation tokens processed.", lengthBuckets(maxModelLen));
     // Every series present from the start, at zero, as vLLM exposes them.
     for (const g of [this.running, this.waiting, this.kvUsage]) g.set(this.labels, 0);
     for (const c of [this.prefixQueries, this.prefixHits, this.preemptions, this.promptTokens, this.generationTokens])

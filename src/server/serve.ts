@@ -6,7 +6,7 @@ import type { EngineOptions } from "../engine/llm.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { buildApp, type TokamakApp } from "./app.js";
 import { bearerCheck } from "./auth.js";
-import { Metrics } from "./metrics.js";
+import { Metrics, type MetricsPrefix } from "./metrics.js";
 
 export interface ServeOptions {
   host?: string;
@@ -15,6 +15,8 @@ export interface ServeOptions {
   apiKey?: string;
   /** Serve /metrics without the API key. */
   metricsNoAuth?: boolean;
+  /** "vllm": the metrics under vLLM's own names (`vllm:...`), for its Grafana dashboards. */
+  metricsPrefix?: MetricsPrefix;
   servedModelName?: string[];
   /** Sequences that may wait beyond the running batch before 429. */
   maxQueueLen?: number;
@@ -62,7 +64,7 @@ export async function startServer(modelDir: string, o: ServeOptions = {}): Promi
   );
   try {
     const names = o.servedModelName && o.servedModelName.length > 0 ? o.servedModelName : [basename(resolve(modelDir))];
-    const metrics = new Metrics(names[0]!, engine.info.maxModelLen);
+    const metrics = new Metrics(names[0]!, engine.info.maxModelLen, o.metricsPrefix);
     const { app, drain, dispose } = buildApp({
       engine,
       tokenizer,
