@@ -78,7 +78,7 @@ export class Router {
   }
 
   /** Lowest load; among equals, the one least recently picked by this rule (rotating), so ties spread. */
-  private leastLoaded(c: Replica[]): Replica {
+  leastLoaded(c: Replica[]): Replica {
     const start = this.rr++ % c.length;
     let best = c[start]!;
     for (let i = 1; i < c.length; i++) {

@@ -7,15 +7,7 @@ import { lookup } from "node:dns/promises";
 import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { PrefixTree } from "./prefix-tree.js";
-import {
-  type BreakerOptions,
-  DEFAULT_BREAKER,
-  loadFromMetrics,
-  parseReplicaSpec,
-  Replica,
-  type ReplicaSpec,
-  type ReplicaState,
-} from "./replica.js";
+import { type BreakerOptions, DEFAULT_BREAKER, loadFromMetrics, parseReplicaSpec, Replica, type ReplicaState } from "./replica.js";
 
 export interface PoolOptions {
   healthIntervalMs: number;
@@ -87,9 +79,8 @@ export class ReplicaPool {
   }
 
   /** Add a replica; it takes work once its first probe succeeds. Throws on a bad spec or a URL already in the pool. */
-  add(spec: ReplicaSpec | string, extra: { id?: string; region?: string } = {}): Replica {
-    const s =
-      typeof spec === "string" ? parseReplicaSpec(spec) : parseReplicaSpec(spec.region ? `${spec.url}@region=${spec.region}` : spec.url);
+  add(spec: string, extra: { id?: string; region?: string } = {}): Replica {
+    const s = parseReplicaSpec(spec);
     const region = extra.region ?? s.region;
     for (const r of this.replicas.values())
       if (r.url === s.url) throw new PoolError(409, `a replica at ${s.url} is already in the pool (id ${r.id})`);

@@ -173,7 +173,7 @@ export function buildRouterApp(o: RouterAppOptions): FastifyInstance {
       if (candidates.length === 0) break;
       const d: Decision =
         route === "other"
-          ? { replica: leastLoaded(candidates), reason: "least-load", matchRatio: 0 }
+          ? { replica: router.leastLoaded(candidates), reason: "least-load", matchRatio: 0 }
           : router.choose(candidates, { key, region });
       tried.add(d.replica.id);
       if (route !== "other") countDecision(d);
@@ -204,10 +204,6 @@ export function buildRouterApp(o: RouterAppOptions): FastifyInstance {
     );
     raw.writeHead(503, { "content-type": "application/json; charset=utf-8", ...e.headers });
     raw.end(JSON.stringify(e.body()));
-  }
-
-  function leastLoaded(c: Replica[]): Replica {
-    return c.reduce((a, b) => (b.score < a.score ? b : a));
   }
 
   function countDecision(d: Decision): void {
